@@ -1,0 +1,136 @@
+"""Read copier.yml so that cookiecutter follows the same questions, validators and exclusions.
+
+copier.yml is the single source of truth. Cookiecutter cannot read it, so:
+- `cookiecutter.json` is generated from it (see cookiecutter_json.py);
+- the cookiecutter hooks call `validation_errors` and `excluded_paths` below, which render
+  copier.yml's own validator and `_exclude` expressions with the answers.
+
+Only the standard library, PyYAML and Jinja2 are used: cookiecutter already depends on both.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+SPEC_FILE = "copier.yml"
+# The computed question that exposes the answers as `cookiecutter.*` inside copier.
+NAMESPACE_QUESTION = "cookiecutter"
+
+
+def load_spec(repo_dir: str | Path) -> dict[str, Any]:
+    with open(Path(repo_dir) / SPEC_FILE, encoding="utf-8") as spec_file:
+        spec: dict[str, Any] = yaml.safe_load(spec_file)
+    return spec
+
+
+def questions(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The questions a user answers, in order (settings and the computed namespace left out)."""
+    return {
+        name: settings
+        for name, settings in spec.items()
+        if not name.startswith("_") and name != NAMESPACE_QUESTION
+    }
+
+
+def _environment() -> SandboxedEnvironment:
+    # The same sandbox and strictness copier uses, so an expression that works here works there.
+    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+def _typed(question: dict[str, Any], value: Any) -> Any:
+    """Cookiecutter hands every non-boolean answer over as text; copier types them."""
+    if question.get("type") == "int":
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+    return value
+
+
+def typed_answers(spec: dict[str, Any], answers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: _typed(question, answers[name])
+        for name, question in questions(spec).items()
+        if name in answers
+    }
+
+
+def validation_errors(spec: dict[str, Any], answers: dict[str, Any]) -> list[str]:
+    """One message per invalid answer, each naming its question, in question order."""
+    env = _environment()
+    context = typed_answers(spec, answers)
+    errors: list[str] = []
+    for name, question in questions(spec).items():
+        if name not in context:
+            errors.append(f"question '{name}': no answer given")
+            continue
+        value = context[name]
+        if question.get("type") == "int" and not isinstance(value, int):
+            errors.append(f"question '{name}': {value!r} is not a whole number")
+            continue
+        choices = question.get("choices")
+        if choices is not None and str(value) not in [str(choice) for choice in choices]:
+            allowed = ", ".join(str(choice) for choice in choices)
+            errors.append(f"question '{name}': {value!r} is not one of {allowed}")
+            continue
+        validator = question.get("validator")
+        if validator:
+            message = env.from_string(validator).render(context).strip()
+            if message:
+                errors.append(f"question '{name}': {value!r} {message}")
+    return errors
+
+
+def excluded_paths(spec: dict[str, Any], answers: dict[str, Any]) -> list[str]:
+    """The relative paths that copier's conditional `_exclude` entries leave out for these answers."""
+    env = _environment()
+    context = typed_answers(spec, answers)
+    paths: list[str] = []
+    for entry in spec.get("_exclude", []):
+        if "{" not in entry:
+            continue  # static patterns (caches) never exist in a freshly rendered project
+        rendered = env.from_string(entry).render(context).strip()
+        if not rendered:
+            continue
+        if any(char in rendered for char in "*?[]!") or rendered.startswith("/"):
+            raise ValueError(f"conditional _exclude entry must be a plain relative path: {rendered!r}")
+        paths.append(rendered)
+    return paths
+
+
+def _to_cookiecutter_namespace(text: str, names: list[str]) -> str:
+    """Rewrite `{{ project_slug | ... }}` as `{{ cookiecutter.project_slug | ... }}`."""
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, names)) + r")\b")
+
+    def rewrite(expression: re.Match[str]) -> str:
+        return pattern.sub(r"cookiecutter.\1", expression.group(0))
+
+    return re.sub(r"\{\{.*?\}\}|\{%.*?%\}", rewrite, text)
+
+
+def cookiecutter_context(spec: dict[str, Any]) -> dict[str, Any]:
+    """The content of cookiecutter.json: same questions, order, defaults, choices and help."""
+    asked = questions(spec)
+    names = list(asked)
+    context: dict[str, Any] = {}
+    prompts: dict[str, str] = {}
+    for name, question in asked.items():
+        default = question.get("default")
+        if isinstance(default, str):
+            default = _to_cookiecutter_namespace(default, names)
+        choices = question.get("choices")
+        if choices is not None:
+            # Cookiecutter offers the first choice as the default.
+            choices = [str(choice) for choice in choices]
+            default_choice = str(default)
+            context[name] = [default_choice, *[c for c in choices if c != default_choice]]
+        else:
+            context[name] = default
+        prompts[name] = question["help"]
+    context["__prompts__"] = prompts
+    return context

@@ -1,0 +1,36 @@
+"""Cookiecutter post-generation hook: leave out disabled features exactly as copier does.
+
+Copier skips the paths its conditional `_exclude` entries name; cookiecutter renders everything,
+so this hook removes the same paths afterwards (and any folder that leaves empty).
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
+
+sys.path.insert(0, ANSWERS["_repo_dir"] + "/hooks")
+from copier_spec import excluded_paths, load_spec  # noqa: E402
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    parent = path.parent
+    while parent != Path(".") and parent.exists() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def main() -> int:
+    for relative in excluded_paths(load_spec(ANSWERS["_repo_dir"]), ANSWERS):
+        remove(Path(relative))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
