@@ -1,0 +1,12 @@
+"""{{ cookiecutter.project_name }}: {{ cookiecutter.description }}"""
+{%- if cookiecutter.with_pydantic %}
+
+import logfire
+
+# Logfire's Pydantic plugin decides whether to record a model when the class is created, so this
+# must run before any model of this package is defined. Only failed validations are recorded:
+# recording every validation would add a span to every request.
+logfire.instrument_pydantic(record="failure", include={__name__})
+{%- endif %}
+
+__version__ = "0.1.0"

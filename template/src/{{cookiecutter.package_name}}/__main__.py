@@ -1,0 +1,25 @@
+"""`{{ cookiecutter.project_slug }}` / `python -m {{ cookiecutter.package_name }}`: serve the app with uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from .app import create_app
+from .settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        # Logging is configured by the app (console in development, JSON lines in production).
+        log_config=None,
+        # The SERVER span and the duration histogram already record every request.
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Application factory: `create_app()` (also usable as `uvicorn --factory <pkg>.app:create_app`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import logfire
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry{% if cookiecutter.metrics_separate_port %}, start_http_server{% endif %}
+
+from . import __version__
+from .api import {% if cookiecutter.with_pydantic_ai %}agent, {% endif %}health, items{% if cookiecutter.with_sqlalchemy %}, notes{% endif %}
+{%- if cookiecutter.with_sqlalchemy %}
+from .db import Database
+{%- endif %}
+from .settings import Settings
+from .telemetry import configure_telemetry
+from .telemetry.metrics import HttpMetrics{% if not cookiecutter.metrics_separate_port %}, metrics_endpoint{% endif %}
+from .telemetry.middleware import TelemetryMiddleware
+from .telemetry.tenant import TenantHeaders
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.trace import SpanProcessor
+
+logger = logging.getLogger(__name__)
+
+# Probes and scrapes: not traced, not counted.
+UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+{%- if cookiecutter.with_sqlalchemy %}
+    database: Database = app.state.database
+    await database.create_schema()
+{%- endif %}
+{%- if cookiecutter.metrics_separate_port %}
+    metrics: HttpMetrics = app.state.metrics
+    metrics_server, _ = start_http_server(
+        settings.metrics_port, addr=settings.host, registry=metrics.registry
+    )
+{%- endif %}
+    app.state.ready = True
+    logger.info("service.started", extra={"environment": settings.environment})
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        logger.info("service.stopping")
+{%- if cookiecutter.with_sqlalchemy %}
+        await database.dispose()
+{%- endif %}
+{%- if cookiecutter.metrics_separate_port %}
+        metrics_server.shutdown()
+        metrics_server.server_close()
+{%- endif %}
+        # uvicorn re-raises SIGTERM once shutdown is done, so atexit hooks never run: without this
+        # flush the last spans, logs and metrics would be lost. Bounded: the collector may be down.
+        logfire.force_flush(timeout_millis=int(settings.shutdown_flush_timeout_seconds * 1000))
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    additional_span_processors: Sequence[SpanProcessor] = (),
+    metric_readers: Sequence[MetricReader] = (),
+) -> FastAPI:
+    """Build the service. Tests pass in-memory span processors / metric readers (see tests/)."""
+    settings = settings or Settings()
+    configure_telemetry(
+        settings,
+        additional_span_processors=additional_span_processors,
+        metric_readers=metric_readers,
+    )
+    metrics = HttpMetrics(CollectorRegistry(), max_accounts=settings.tenant_metrics_max_accounts)
+
+    app = FastAPI(
+        title="{{ cookiecutter.project_name }}",
+        description="{{ cookiecutter.description }}",
+        version=__version__,
+        lifespan=lifespan,
+        # TelemetryMiddleware is the one telemetry layer; FastAPI's own would duplicate its spans.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+{%- if cookiecutter.with_sqlalchemy %}
+    app.state.database = Database(settings.database_url)
+{%- endif %}
+{%- if cookiecutter.with_pydantic_ai %}
+    app.state.agent = agent.build_agent(settings.ai_model)
+{%- endif %}
+
+    app.include_router(health.router)
+    app.include_router(items.router)
+{%- if cookiecutter.with_sqlalchemy %}
+    app.include_router(notes.router)
+{%- endif %}
+{%- if cookiecutter.with_pydantic_ai %}
+    app.include_router(agent.router)
+{%- endif %}
+{%- if not cookiecutter.metrics_separate_port %}
+    # A plain route, not a mount: a mounted ASGI app answers /metrics with a 307 to /metrics/.
+    app.add_route("/metrics", metrics_endpoint(metrics.registry), include_in_schema=False)
+{%- endif %}
+    app.add_middleware(
+        TelemetryMiddleware,
+        metrics=metrics,
+        tenant_headers=TenantHeaders.from_names(
+            settings.tenant_headers, max_length=settings.tenant_id_max_length
+        ),
+        untraced_paths=UNTRACED_PATHS,
+    )
+    return app

@@ -1,0 +1,92 @@
+"""Service configuration, read from environment variables (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "production", "test"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+# Head-sampling rate per environment when LOGFIRE_TRACE_SAMPLE_RATE is not set.
+DEFAULT_SAMPLE_RATES: dict[Environment, float] = {
+    "development": 1.0,
+    "production": 0.1,
+    "test": 1.0,
+}
+DEFAULT_LOG_LEVELS: dict[Environment, LogLevel] = {
+    "development": "debug",
+    "production": "info",
+    "test": "debug",
+}
+
+
+class Settings(BaseSettings):
+    """Every setting is an environment variable of the same name in upper case.
+
+    LOGFIRE_TOKEN and the OTEL_* variables are deliberately absent: Logfire and OpenTelemetry read
+    them themselves, so the token never sits in this object (or in its repr).
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Environment = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default={{ cookiecutter.http_port }}, ge=0, le=65535)
+{%- if cookiecutter.metrics_separate_port %}
+    metrics_port: int = Field(default={{ cookiecutter.metrics_port }}, ge=0, le=65535)
+{%- endif %}
+    log_level: LogLevel | None = Field(
+        default=None, description="Defaults to debug in development and test, info in production."
+    )
+    logfire_trace_sample_rate: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Head-sampling rate for traces; defaults to 1.0, or 0.1 in production.",
+    )
+    distributed_tracing: bool = Field(
+        default=True,
+        description="Continue traces from an incoming W3C `traceparent` header.",
+    )
+    shutdown_flush_timeout_seconds: float = Field(default=5.0, gt=0.0)
+
+    tenant_header_account_id: str = "X-Account-Id"
+    tenant_header_agent_instance_id: str = "X-Agent-Instance-Id"
+    tenant_header_session_id: str = "X-Session-Id"
+    tenant_header_llm_request_id: str = "X-LLM-Request-Id"
+    tenant_id_max_length: int = Field(default=128, ge=1, le=1024)
+    tenant_metrics_max_accounts: int = Field(default=50, ge=0)
+{%- if cookiecutter.with_sqlalchemy %}
+
+    database_url: str = "sqlite+aiosqlite:///:memory:"
+{%- endif %}
+{%- if cookiecutter.with_pydantic_ai %}
+
+    ai_model: str = Field(
+        default="test",
+        description="PydanticAI model name, e.g. `openai:gpt-4o`; `test` answers offline.",
+    )
+{%- endif %}
+
+    @property
+    def trace_sample_rate(self) -> float:
+        if self.logfire_trace_sample_rate is not None:
+            return self.logfire_trace_sample_rate
+        return DEFAULT_SAMPLE_RATES[self.environment]
+
+    @property
+    def effective_log_level(self) -> LogLevel:
+        return self.log_level or DEFAULT_LOG_LEVELS[self.environment]
+
+    @property
+    def tenant_headers(self) -> dict[str, str]:
+        """Tenant attribute name -> request header name."""
+        return {
+            "account_id": self.tenant_header_account_id,
+            "agent_instance_id": self.tenant_header_agent_instance_id,
+            "session_id": self.tenant_header_session_id,
+            "llm_request_id": self.tenant_header_llm_request_id,
+        }

@@ -1,0 +1,35 @@
+"""Everything the service emits about itself: traces, logs and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+{% if cookiecutter.with_httpx or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics -%}
+from .instrumentations import instrument_libraries
+{% endif -%}
+from .logfire_config import configure_logfire
+from .logs import configure_logging
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    from ..settings import Settings
+
+
+def configure_telemetry(
+    settings: Settings,
+    *,
+    additional_span_processors: Sequence[SpanProcessor] = (),
+    metric_readers: Sequence[MetricReader] = (),
+) -> None:
+    configure_logfire(
+        settings,
+        additional_span_processors=additional_span_processors,
+        metric_readers=metric_readers,
+    )
+    configure_logging(settings)
+{%- if cookiecutter.with_httpx or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics %}
+    instrument_libraries()
+{%- endif %}

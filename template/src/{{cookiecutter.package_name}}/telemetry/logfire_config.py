@@ -1,0 +1,75 @@
+"""Logfire (OpenTelemetry) configuration: where spans go, how many, and what gets scrubbed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import logfire
+from opentelemetry.propagate import set_global_textmap
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .. import __version__
+from .tenant import TENANT_ATTRIBUTES
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    from ..settings import LogLevel, Settings
+
+# Logfire's level names: standard logging's `critical` is Logfire's `fatal`.
+LOGFIRE_LEVELS: dict[LogLevel, logfire.LevelName] = {
+    "debug": "debug",
+    "info": "info",
+    "warning": "warning",
+    "error": "error",
+    "critical": "fatal",
+}
+SERVICE_NAME = "{{ cookiecutter.project_slug }}"
+# OpenTelemetry's default is 10 s per export attempt, retried until that deadline: with the
+# collector down, shutdown would hang that long. 2 s bounds it (override with the same variable).
+DEFAULT_OTLP_TIMEOUT_SECONDS = "2"
+
+
+def keep_tenant_ids(match: logfire.ScrubMatch) -> Any:
+    """Keep tenant ids: they are validated ids, not secrets, but look like `session` to Logfire."""
+    path = match.path
+    if len(path) == 2 and path[0] == "attributes" and path[1] in TENANT_ATTRIBUTES:
+        return match.value
+    return None
+
+
+def configure_logfire(
+    settings: Settings,
+    *,
+    additional_span_processors: Sequence[SpanProcessor] = (),
+    metric_readers: Sequence[MetricReader] = (),
+) -> None:
+    """Configure Logfire for this process; tests pass their in-memory exporter and reader here."""
+    os.environ.setdefault("OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_OTLP_TIMEOUT_SECONDS)
+    # Only W3C tracecontext crosses the process boundary. The default propagator also reads the
+    # `baggage` header, which would let any client set `account_id` (or anything) on our spans.
+    set_global_textmap(TraceContextTextMapPropagator())
+    development = settings.environment == "development"
+    level = LOGFIRE_LEVELS[settings.effective_log_level]
+    logfire.configure(
+        # Runs without a token and without network; LOGFIRE_TOKEN or OTEL_EXPORTER_OTLP_ENDPOINT
+        # turn export on.
+        send_to_logfire="if-token-present",
+        service_name=SERVICE_NAME,
+        service_version=__version__,
+        environment=settings.environment,
+        console=logfire.ConsoleOptions(min_log_level=level, show_project_link=False)
+        if development
+        else False,
+        min_level=level,
+        sampling=logfire.SamplingOptions(head=settings.trace_sample_rate),
+        scrubbing=logfire.ScrubbingOptions(callback=keep_tenant_ids),
+        distributed_tracing=settings.distributed_tracing,
+        # No source inspection of `logfire.info(f"...")` calls: it costs on every call.
+        inspect_arguments=False,
+        additional_span_processors=additional_span_processors,
+        metrics=logfire.MetricsOptions(additional_readers=metric_readers),
+    )

@@ -1,0 +1,123 @@
+"""The request hot path: ONE pure-ASGI layer for tenant context, the SERVER span and RED metrics.
+
+Everything per request happens here, in a single pass, so its cost is easy to see and to tune:
+- one loop over the request headers picks up tenant ids, `traceparent`/`tracestate` and `baggage`;
+- an incoming `baggage` header is removed: clients must not be able to set span attributes;
+- tenant ids go into OTel baggage, which Logfire copies onto every span and log of the request;
+- one SERVER span named after the route template, read from `scope["route"]` once the router ran;
+- an unsampled request skips all attribute and exemplar work (`span.is_recording()` is False).
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from .metrics import UNMATCHED_ROUTE, HttpMetrics
+from .tenant import TenantHeaders, with_tenant_baggage
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class TelemetryMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: HttpMetrics,
+        tenant_headers: TenantHeaders,
+        untraced_paths: Iterable[str] = (),
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.tenant_headers = tenant_headers
+        # Probes and scrapes are neither traced nor counted: they would drown the real traffic.
+        self.untraced_paths = frozenset(untraced_paths)
+        self.tracer = trace.get_tracer(__name__)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.untraced_paths:
+            await self.app(scope, receive, send)
+            return
+
+        tenant: dict[str, str] = {}
+        carrier: dict[str, str] | None = None
+        has_baggage = False
+        by_header = self.tenant_headers.by_header
+        for name, value in scope["headers"]:
+            attribute = by_header.get(name)
+            if attribute is not None:
+                if self.tenant_headers.is_valid(value):
+                    tenant.setdefault(attribute, value.decode("ascii"))
+                else:
+                    self.metrics.header_rejections.labels(attribute).inc()
+            elif name == b"traceparent" or name == b"tracestate":
+                if carrier is None:
+                    carrier = {}
+                carrier[name.decode("ascii")] = value.decode("latin-1")
+            elif name == b"baggage":
+                has_baggage = True
+        if has_baggage:
+            scope = dict(scope)
+            scope["headers"] = [h for h in scope["headers"] if h[0] != b"baggage"]
+
+        # The global propagator is W3C tracecontext only (see setup.py), and Logfire wraps it so
+        # that DISTRIBUTED_TRACING=false ignores incoming trace ids.
+        ctx = propagate.extract(carrier) if carrier is not None else None
+        if tenant:
+            ctx = with_tenant_baggage(tenant.items(), ctx)
+
+        method = self.metrics.method_label(scope["method"])
+        span = self.tracer.start_span(method, context=ctx, kind=SpanKind.SERVER)
+        token = context.attach(trace.set_span_in_context(span, ctx))
+        active = self.metrics.active_for(method)
+        active.inc()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        start = perf_counter()
+        try:
+            await self.app(scope, receive, send_with_status)
+        except BaseException as exc:
+            if span.is_recording():
+                span.record_exception(exc)
+            raise
+        finally:
+            duration = perf_counter() - start
+            active.dec()
+            route: str | None = getattr(scope.get("route"), "path", None)
+            exemplar = None
+            if span.is_recording():
+                name = f"{method} {route}" if route else method
+                span.update_name(name)
+                span.set_attributes(
+                    {
+                        "logfire.msg": name,
+                        "http.request.method": method,
+                        "http.response.status_code": status,
+                        "url.path": scope["path"],
+                        "url.scheme": scope["scheme"],
+                    }
+                )
+                if route:
+                    span.set_attribute("http.route", route)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+                exemplar = {"trace_id": format(span.get_span_context().trace_id, "032x")}
+            self.metrics.duration_for(method, route or UNMATCHED_ROUTE, status).observe(
+                duration, exemplar
+            )
+            self.metrics.count_tenant(tenant.get("account_id"), status)
+            span.end()
+            context.detach(token)

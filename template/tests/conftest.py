@@ -1,0 +1,73 @@
+"""Fixtures: a fresh app per test, wired to Logfire's in-memory `capfire` exporter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from logfire.testing import CaptureLogfire
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+TENANT_HEADERS = {
+    "X-Account-Id": "acct-42",
+    "X-Agent-Instance-Id": "agent-7",
+    "X-Session-Id": "sess-123",
+    "X-LLM-Request-Id": "llmreq-9",
+}
+TENANT_ATTRIBUTES = {
+    "account_id": "acct-42",
+    "agent_instance_id": "agent-7",
+    "session_id": "sess-123",
+    "llm_request_id": "llmreq-9",
+}
+
+
+def make_settings(**overrides: object) -> Settings:
+    """Settings for tests: `test` environment, no `.env` file, explicit overrides."""
+    return Settings(_env_file=None, **{"environment": "test", **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def app(capfire: CaptureLogfire, settings: Settings) -> FastAPI:
+    # capfire configured Logfire with its exporter; create_app configures it again the service's
+    # way (sampling, scrubbing, propagation) and keeps exporting to the same in-memory exporter.
+    return create_app(settings, additional_span_processors=[SimpleSpanProcessor(capfire.exporter)])
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:  # runs the lifespan
+        yield test_client
+
+
+def finished_spans(capfire: CaptureLogfire) -> list[ReadableSpan]:
+    """Exported spans, without Logfire's "pending" copies of spans that were still open."""
+    return [
+        span
+        for span in capfire.exporter.exported_spans
+        if (span.attributes or {}).get("logfire.span_type") != "pending_span"
+    ]
+
+
+def server_spans(capfire: CaptureLogfire) -> list[ReadableSpan]:
+    return [span for span in finished_spans(capfire) if span.kind is SpanKind.SERVER]
+
+
+def logs_named(capfire: CaptureLogfire, message: str) -> list[ReadableSpan]:
+    return [
+        span
+        for span in finished_spans(capfire)
+        if (span.attributes or {}).get("logfire.span_type") == "log" and span.name == message
+    ]

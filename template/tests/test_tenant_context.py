@@ -1,0 +1,131 @@
+"""Telemetry contract: tenant ids reach every span and log of the request, wherever code runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import logfire
+from fastapi import BackgroundTasks, FastAPI
+from fastapi.testclient import TestClient
+from logfire.testing import CaptureLogfire
+{%- if cookiecutter.with_loguru %}
+from loguru import logger as loguru_logger
+{%- endif %}
+
+from conftest import TENANT_ATTRIBUTES, TENANT_HEADERS, finished_spans, logs_named, server_spans
+
+logger = logging.getLogger("tests.tenant")
+
+
+def _tenant(span_attributes: object) -> dict[str, object]:
+    attributes = dict(span_attributes or {})  # type: ignore[call-overload]
+    return {k: attributes.get(k) for k in TENANT_ATTRIBUTES}
+
+
+def add_probe_routes(app: FastAPI) -> None:
+    def in_threadpool() -> dict[str, str]:
+        logger.info("probe.threadpool")
+        return {}
+
+    async def in_to_thread() -> dict[str, str]:
+        await asyncio.to_thread(lambda: logger.info("probe.to_thread"))
+        return {}
+
+    async def in_background(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(lambda: logger.info("probe.background"))
+        return {}
+
+    async def with_logfire_span() -> dict[str, str]:
+        with logfire.span("probe.span"):
+            logfire.info("probe.logfire")
+        return {}
+{%- if cookiecutter.with_loguru %}
+
+    async def with_loguru() -> dict[str, str]:
+        loguru_logger.bind(step="one").info("probe.loguru")
+        return {}
+
+    app.add_api_route("/probe/loguru", with_loguru)
+{%- endif %}
+
+    app.add_api_route("/probe/threadpool", in_threadpool)
+    app.add_api_route("/probe/to-thread", in_to_thread)
+    app.add_api_route("/probe/background", in_background)
+    app.add_api_route("/probe/span", with_logfire_span)
+
+
+def test_tenant_ids_reach_code_outside_the_request_task(
+    app: FastAPI, capfire: CaptureLogfire
+) -> None:
+    add_probe_routes(app)
+    probes = {
+        "/probe/threadpool": "probe.threadpool",
+        "/probe/to-thread": "probe.to_thread",
+        "/probe/background": "probe.background",
+        "/probe/span": "probe.logfire",
+{%- if cookiecutter.with_loguru %}
+        "/probe/loguru": "probe.loguru",
+{%- endif %}
+    }
+    with TestClient(app) as client:
+        for path in probes:
+            assert client.get(path, headers=TENANT_HEADERS).status_code == 200
+
+    for path, message in probes.items():
+        [log] = logs_named(capfire, message)
+        assert _tenant(log.attributes) == TENANT_ATTRIBUTES, path
+        [server] = [s for s in server_spans(capfire) if s.name == f"GET {path}"]
+        assert log.context.trace_id == server.context.trace_id, path
+    [span] = [s for s in finished_spans(capfire) if s.name == "probe.span"]
+    assert _tenant(span.attributes) == TENANT_ATTRIBUTES
+{%- if cookiecutter.with_loguru %}
+    [loguru_log] = logs_named(capfire, "probe.loguru")
+    assert (loguru_log.attributes or {})["step"] == "one"
+{%- endif %}
+
+
+def test_tenant_ids_do_not_leak_into_the_next_request(
+    client: TestClient, capfire: CaptureLogfire
+) -> None:
+    client.get("/items/1", headers=TENANT_HEADERS)
+    client.get("/items/2")
+
+    first, second = logs_named(capfire, "item.fetched")
+    assert _tenant(first.attributes) == TENANT_ATTRIBUTES
+    assert _tenant(second.attributes) == dict.fromkeys(TENANT_ATTRIBUTES)
+
+
+def test_invalid_tenant_header_is_dropped_and_counted(
+    client: TestClient, capfire: CaptureLogfire
+) -> None:
+    response = client.get(
+        "/items/1",
+        headers={"X-Account-Id": "evil value; drop table", "X-Session-Id": "s" * 129},
+    )
+
+    assert response.status_code == 200
+    [span] = server_spans(capfire)
+    assert "account_id" not in (span.attributes or {})
+    assert "session_id" not in (span.attributes or {})
+    metrics = client.get("/metrics").text
+    assert 'tenant_header_rejections_total{header="account_id"} 1.0' in metrics
+    assert 'tenant_header_rejections_total{header="session_id"} 1.0' in metrics
+    assert 'tenant_requests_total{account_id="none",outcome="success"} 1.0' in metrics
+
+
+def test_header_names_are_configurable(capfire: CaptureLogfire) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from conftest import make_settings
+    from {{ cookiecutter.package_name }}.app import create_app
+
+    app = create_app(
+        make_settings(tenant_header_account_id="X-Tenant"),
+        additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
+    )
+    with TestClient(app) as client:
+        client.get("/items/1", headers={"X-Tenant": "t-1", "X-Account-Id": "ignored"})
+
+    [span] = server_spans(capfire)
+    assert (span.attributes or {})["account_id"] == "t-1"
