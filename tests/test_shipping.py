@@ -1,0 +1,639 @@
+"""The generated service's shipping files: container image, CI workflow, Makefile, pre-commit.
+
+There is no Docker engine and no GitHub here, so every file is checked with the tools its users
+would run, all installed from PyPI (hadolint, actionlint with shellcheck, check-jsonschema's vendored
+GitHub-workflow schema, pre-commit and pre-commit-hooks), by its structure, and by running for real
+what can run here: `make lint test`, the kustomize render, promtool, the hygiene hooks, and the
+image's production command in an emulated container (non-editable install of the build context
+only, started as uid 10001 over files it cannot write, probed with the image's own HEALTHCHECK).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+# default: Kubernetes on, metrics on the HTTP port. no_kubernetes: every optional deploy part off,
+# metrics on their own port, another HTTP port and the newest Python (EXPOSE/ENV/base image change).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no_kubernetes": {
+        "with_kubernetes": False,
+        "with_grafana_dashboard": False,
+        "metrics_separate_port": True,
+        "http_port": 8080,
+        "python_version": "3.13",
+    },
+}
+
+COMMON_TARGETS = {
+    "help",
+    "install",
+    "dev",
+    "run",
+    "test",
+    "lint",
+    "format",
+    "typecheck",
+    "check",
+    "bench",
+    "docker-build",
+}
+KUBERNETES_TARGETS = {"k8s-render", "rules-test"}
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    path: Path
+    answers: dict[str, Any]
+
+    def read(self, relative: str) -> str:
+        return (self.path / relative).read_text(encoding="utf-8")
+
+
+def _answers(path: Path) -> dict[str, Any]:
+    answers = yaml.safe_load((path / ".copier-answers.yml").read_text(encoding="utf-8"))
+    return {key: value for key, value in answers.items() if not key.startswith("_")}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    import copier
+
+    name: str = request.param
+    destination = tmp_path_factory.mktemp(f"shipping-{name}") / "service"
+    copier.run_copy(
+        str(REPO_DIR),
+        str(destination),
+        data=VARIANTS[name],
+        vcs_ref="HEAD",
+        defaults=True,
+        unsafe=False,
+        quiet=True,
+    )
+    return Project(name, destination, _answers(destination))
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def tool(name: str) -> str:
+    """A tool from this repo's dev environment (the wheels in pyproject.toml), else from PATH."""
+    local = VENV_BIN / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: run `uv sync` in the template repo")
+    return found
+
+
+def tool_env() -> dict[str, str]:
+    """PATH with the dev environment first (actionlint finds shellcheck, make finds kubectl)."""
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def interpreter(version: str) -> str | None:
+    """An installed Python `version` (uv would otherwise try to download one, which fails here)."""
+    candidates = [shutil.which(f"python{version}"), f"/usr/bin/python{version}"]
+    candidates += sorted(str(p) for p in Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}"))
+    for candidate in filter(None, candidates):
+        if not Path(candidate).exists():
+            continue
+        probe = run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], REPO_DIR)
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
+
+
+def locked(project: Project) -> Path:
+    """The project with a uv.lock, as after the README's first `uv sync` (the image needs it)."""
+    if not (project.path / "uv.lock").exists():
+        python = interpreter(project.answers["python_version"])
+        if python is None:
+            pytest.skip(f"no Python {project.answers['python_version']} installed to lock with")
+        env = {**os.environ, "UV_PYTHON": python, "UV_PYTHON_DOWNLOADS": "never"}
+        result = run(["uv", "lock", "--quiet"], project.path, env)
+        assert result.returncode == 0, result.stderr
+    return project.path
+
+
+# --------------------------------------------------------------------------------------------
+# Dockerfile
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    value: str
+
+
+def dockerfile_stages(project: Project) -> list[list[Instruction]]:
+    """The Dockerfile's build stages, each a list of instructions (the FROM line first)."""
+    from dockerfile_parse import DockerfileParser
+
+    parser = DockerfileParser(path=str(project.path / "Dockerfile"))
+    stages: list[list[Instruction]] = []
+    for item in parser.structure:
+        keyword = item["instruction"]
+        if keyword == "COMMENT":
+            continue
+        if keyword == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append(Instruction(keyword, item["value"]))
+    return stages
+
+
+def instruction_args(value: str) -> list[str]:
+    return shlex.split(value)
+
+
+def exec_form(value: str) -> list[str]:
+    command = json.loads(value)
+    assert isinstance(command, list), f"not in exec form (no shell, signals reach the app): {value}"
+    return [str(part) for part in command]
+
+
+def final_env(stage: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.keyword == "ENV":
+            for pair in instruction_args(instruction.value):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def healthcheck_command(stage: list[Instruction]) -> list[str]:
+    (healthcheck,) = [i.value for i in stage if i.keyword == "HEALTHCHECK"]
+    _options, _, command = healthcheck.partition("CMD ")
+    return exec_form(command.strip())
+
+
+def test_dockerfile_passes_hadolint(project: Project) -> None:
+    result = run([tool("hadolint"), "--no-color", "Dockerfile"], project.path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_dockerfile_builds_with_uv_and_ships_a_small_non_root_runtime(project: Project) -> None:
+    stages = dockerfile_stages(project)
+    assert len(stages) == 2, "builder + runtime"
+    builder, runtime = stages
+    python = project.answers["python_version"]
+    text = project.read("Dockerfile")
+    assert f"ARG PYTHON_VERSION={python}\n" in text
+    for stage in stages:
+        assert stage[0].value.startswith("python:${PYTHON_VERSION}-slim")
+
+    builder_text = "\n".join(f"{i.keyword} {i.value}" for i in builder)
+    assert "COPY --from=ghcr.io/astral-sh/uv:" in builder_text
+    assert "uv sync --frozen --no-dev" in builder_text
+    assert "--mount=type=cache,target=/root/.cache/uv" in builder_text
+
+    # Nothing from the build toolchain reaches the final image.
+    runtime_text = "\n".join(f"{i.keyword} {i.value}" for i in runtime)
+    for forbidden in ("gcc", "build-essential", "apt-get install", "/uv ", "pip install", "COPY src"):
+        assert forbidden not in runtime_text
+    copies = [instruction_args(i.value) for i in runtime if i.keyword == "COPY"]
+    assert copies == [["--from=builder", "/app/.venv", "/app/.venv"]]
+
+    # Non-root numeric user, set before the command runs.
+    keywords = [i.keyword for i in runtime]
+    (user,) = [i.value for i in runtime if i.keyword == "USER"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0
+    assert keywords.index("USER") < keywords.index("CMD")
+
+
+def test_dockerfile_runs_the_production_command(project: Project) -> None:
+    runtime = dockerfile_stages(project)[-1]
+    env = final_env(runtime)
+    assert env["ENVIRONMENT"] == "production"
+    assert env["HOST"] == "0.0.0.0"
+    assert env["PORT"] == str(project.answers["http_port"])
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PATH"].startswith("/app/.venv/bin:")
+
+    (cmd,) = [i.value for i in runtime if i.keyword == "CMD"]
+    assert exec_form(cmd) == [project.answers["project_slug"]]
+
+    (expose,) = [i.value for i in runtime if i.keyword == "EXPOSE"]
+    expected = [str(project.answers["http_port"])]
+    if project.answers["metrics_separate_port"]:
+        expected.append(str(project.answers["metrics_port"]))
+        assert env["METRICS_PORT"] == str(project.answers["metrics_port"])
+    else:
+        assert "METRICS_PORT" not in env
+    assert expose.split() == expected
+
+    probe = healthcheck_command(runtime)
+    assert probe[:2] == ["python", "-c"]
+    assert "/healthz" in probe[2]
+
+
+def test_dockerfile_user_matches_the_kubernetes_security_context(project: Project) -> None:
+    if not project.answers["with_kubernetes"]:
+        pytest.skip("no Kubernetes manifests in this variant")
+    runtime = dockerfile_stages(project)[-1]
+    (user,) = [i.value for i in runtime if i.keyword == "USER"]
+    deployment = yaml.safe_load(project.read("deploy/kubernetes/deployment.yaml"))
+    pod = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert user == f"{pod['runAsUser']}:{pod['runAsGroup']}"
+    assert pod["runAsNonRoot"] is True
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def dockerignore_admits(patterns: list[str], relative: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = relative.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    included = True
+    for raw in patterns:
+        negated = raw.startswith("!")
+        pattern = raw[1:] if negated else raw
+        pattern = pattern.strip("/")
+        variants = [pattern]
+        if pattern.startswith("**/"):
+            variants.append(pattern[3:])
+        if any(fnmatch.fnmatchcase(c, v) for c in candidates for v in variants):
+            included = negated
+    return included
+
+
+def dockerignore_patterns(project: Project) -> list[str]:
+    lines = project.read(".dockerignore").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def build_context_sources(project: Project) -> list[str]:
+    """Every path the build reads from the context: COPY sources and RUN bind mounts."""
+    sources: list[str] = []
+    for stage in dockerfile_stages(project):
+        for instruction in stage:
+            args = instruction_args(instruction.value)
+            if instruction.keyword == "COPY" and not any(a.startswith("--from=") for a in args):
+                sources += [a for a in args if not a.startswith("--")][:-1]
+            if instruction.keyword == "RUN":
+                for arg in args:
+                    if arg.startswith("--mount=") and "type=bind" in arg:
+                        options = dict(o.split("=", 1) for o in arg[len("--mount=") :].split(","))
+                        sources.append(options["source"])
+    return sources
+
+
+def test_every_build_context_source_exists_and_passes_dockerignore(project: Project) -> None:
+    path = locked(project)
+    sources = build_context_sources(project)
+    assert {"pyproject.toml", "uv.lock", "README.md", "src"} <= set(sources)
+    patterns = dockerignore_patterns(project)
+    for source in sources:
+        assert (path / source).exists(), f"COPY/bind source {source} is not in the generated project"
+        assert dockerignore_admits(patterns, source), f".dockerignore drops {source}"
+    # What must never reach the build context.
+    for private in (".git", ".venv", "tests", ".env", "deploy", ".pytest_cache", "src/x/__pycache__"):
+        assert not dockerignore_admits(patterns, private), f".dockerignore admits {private}"
+
+
+def build_context_copy(project: Project, destination: Path) -> None:
+    """The files `docker build` would send, selected by the generated .dockerignore."""
+    patterns = dockerignore_patterns(project)
+    for source in sorted(project.path.rglob("*")):
+        relative = source.relative_to(project.path).as_posix()
+        if source.is_file() and dockerignore_admits(patterns, relative):
+            target = destination / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def world_readable_tmp() -> Iterator[Path]:
+    """A scratch folder uid 10001 can enter (pytest's own tmp folders are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="shipping-image-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_image_command_serves_healthz_as_non_root_from_a_read_only_install(
+    project: Project, world_readable_tmp: Path
+) -> None:
+    """The builder's uv commands and the runtime's ENV/USER/CMD/HEALTHCHECK, without Docker."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to start the service as uid 10001")
+    python = Path(f"/usr/bin/python{project.answers['python_version']}")
+    if not python.exists():
+        pytest.skip(f"{python} (readable by non-root users) is not installed")
+    locked(project)
+    runtime = dockerfile_stages(project)[-1]
+    context = world_readable_tmp / "context"
+    app = world_readable_tmp / "app"
+    build_context_copy(project, context)
+    build_env = {
+        **os.environ,
+        "UV_PROJECT_ENVIRONMENT": str(app / ".venv"),
+        "UV_COMPILE_BYTECODE": "1",
+        "UV_LINK_MODE": "copy",
+        "UV_PYTHON": str(python),
+        "UV_PYTHON_DOWNLOADS": "never",
+    }
+    for step in (["--no-install-project"], ["--no-editable"]):
+        result = run(["uv", "sync", "--frozen", "--no-dev", "--quiet", *step], context, build_env)
+        assert result.returncode == 0, result.stderr
+    shutil.rmtree(context)  # the runtime stage has no source tree
+
+    uid, _, gid = next(i.value for i in runtime if i.keyword == "USER").partition(":")
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    port = free_port()
+    env = final_env(runtime)
+    env["PATH"] = (
+        env["PATH"].replace("/app/.venv/bin", str(app / ".venv/bin")).replace("${PATH}", "/usr/bin:/bin")
+    )
+    # Loopback instead of the image's 0.0.0.0: tests never listen on other interfaces.
+    env.update(HOST="127.0.0.1", PORT=str(port), HOME="/nonexistent")
+    if "METRICS_PORT" in env:
+        env["METRICS_PORT"] = str(free_port())
+    command = exec_form(next(i.value for i in runtime if i.keyword == "CMD"))
+    server = subprocess.Popen(
+        [*as_user, *command],
+        cwd=app,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        probe = [*as_user, *healthcheck_command(runtime)]
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"the service exited:\n{server.communicate()[0]}"
+            if run(probe, app, env, timeout=10).returncode == 0:
+                break
+            assert time.monotonic() < deadline, "HEALTHCHECK never passed"
+            time.sleep(0.3)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    # uvicorn re-raises SIGTERM after a graceful shutdown.
+    assert server.returncode in (0, -signal.SIGTERM), output
+    for trouble in ("Traceback", "Permission denied", "Read-only file system"):
+        assert trouble not in output, output
+    assert not list(app.rglob("*.pyc.*")), "the service tried to write bytecode"
+
+
+# --------------------------------------------------------------------------------------------
+# GitHub Actions workflow
+
+
+def workflow(project: Project) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(project.read(".github/workflows/ci.yml"))
+    return data
+
+
+def steps_text(job: dict[str, Any]) -> str:
+    return "\n".join(str(step.get("run", "")) for step in job["steps"])
+
+
+def test_workflow_matches_the_github_schema(project: Project) -> None:
+    result = run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", ".github/workflows/ci.yml"],
+        project.path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_passes_actionlint_and_shellcheck(project: Project) -> None:
+    env = tool_env()
+    assert shutil.which("shellcheck", path=env["PATH"]), "actionlint would skip the run: scripts"
+    result = run([tool("actionlint"), "-no-color", ".github/workflows/ci.yml"], project.path, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_lints_type_checks_and_tests_the_code(project: Project) -> None:
+    ci = workflow(project)
+    code = ci["jobs"]["code"]
+    commands = steps_text(code)
+    for expected in (
+        "uv sync",
+        "uv run ruff check",
+        "uv run ruff format --check",
+        "uv run mypy",
+        "uv run pytest",
+    ):
+        assert expected in commands
+    assert ci["env"]["UV_PYTHON"] == project.answers["python_version"]
+    # The tools CI runs through `uv run` are the project's own dev dependencies.
+    pyproject = tomllib.loads(project.read("pyproject.toml"))
+    dev = " ".join(pyproject["dependency-groups"]["dev"])
+    for name in ("ruff", "mypy", "pytest"):
+        assert name in dev
+    # Same uv in CI as in the image build.
+    uses = {step["uses"].split("@")[0]: step for step in code["steps"] if "uses" in step}
+    uv_version = uses["astral-sh/setup-uv"]["with"]["version"]
+    assert f"ghcr.io/astral-sh/uv:{uv_version} " in project.read("Dockerfile")
+
+
+def test_workflow_checks_kubernetes_only_when_generated(project: Project) -> None:
+    jobs = workflow(project)["jobs"]
+    if not project.answers["with_kubernetes"]:
+        assert "kubernetes" not in jobs
+        return
+    commands = steps_text(jobs["kubernetes"])
+    render = next(line for line in commands.splitlines() if "kubectl kustomize" in line)
+    directory = shlex.split(render)[2]
+    assert (project.path / directory / "kustomization.yaml").exists()
+    assert "promtool" in commands
+    rule_tests = next(line for line in commands.splitlines() if "deploy/kubernetes/tests/run.sh" in line)
+    assert (project.path / shlex.split(rule_tests)[-1]).exists()
+
+
+def test_workflow_builds_and_smoke_tests_the_image(project: Project) -> None:
+    commands = steps_text(workflow(project)["jobs"]["container"])
+    assert "hadolint Dockerfile" in commands
+    assert "docker build" in commands
+    assert "--read-only" in commands
+    assert f"127.0.0.1:{project.answers['http_port']}/readyz" in commands
+
+
+# --------------------------------------------------------------------------------------------
+# Makefile
+
+
+def make_targets(project: Project) -> set[str]:
+    """The documented targets (`target: ... ## help`), which `make help` lists."""
+    targets = set()
+    for line in project.read("Makefile").splitlines():
+        if "## " in line and ":" in line and not line.startswith(("\t", "#")):
+            targets.add(line.split(":", 1)[0])
+    return targets
+
+
+def test_makefile_has_the_everyday_targets(project: Project) -> None:
+    expected = COMMON_TARGETS | (KUBERNETES_TARGETS if project.answers["with_kubernetes"] else set())
+    assert make_targets(project) == expected
+    result = run(["make", "help"], project.path)
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    assert listed == expected
+
+
+def test_every_make_target_expands(project: Project) -> None:
+    """`make -n` parses the file (tabs!) and expands each recipe without running it."""
+    for target in sorted(make_targets(project)):
+        result = run(["make", "-n", target], project.path)
+        assert result.returncode == 0, f"make -n {target}: {result.stderr}"
+        assert result.stdout.strip(), target
+    if not project.answers["with_kubernetes"]:
+        for target in sorted(KUBERNETES_TARGETS):
+            assert run(["make", "-n", target], project.path).returncode != 0
+
+
+def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
+    def recipe(target: str) -> str:
+        return run(["make", "-n", target], project.path).stdout
+
+    package = project.answers["package_name"]
+    assert f"--factory {package}.app:create_app --reload" in recipe("dev")
+    assert f"--port {project.answers['http_port']}" in recipe("dev")
+    assert recipe("run").strip() == f"uv run {project.answers['project_slug']}"
+    assert recipe("bench").strip() == "uv run python bench/run.py"
+    assert f"docker build --tag {project.answers['container_image']}:dev ." in recipe("docker-build")
+
+
+def test_make_k8s_render_builds_the_kustomize_base(project: Project) -> None:
+    if not project.answers["with_kubernetes"]:
+        pytest.skip("no Kubernetes manifests in this variant")
+    result = run(["make", "--no-print-directory", "k8s-render"], project.path, tool_env())
+    assert result.returncode == 0, result.stderr
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout.split("\n", 1)[1]) if doc}
+    assert {"Deployment", "Service", "ServiceMonitor", "PrometheusRule"} <= kinds
+
+
+def test_make_rules_test_runs_promtool(project: Project) -> None:
+    if not project.answers["with_kubernetes"]:
+        pytest.skip("no Kubernetes manifests in this variant")
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (.ci/run installs Debian's prometheus package)")
+    result = run(["make", "rules-test"], project.path, tool_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_make_lint_test_passes_in_the_generated_project(project: Project) -> None:
+    if project.name != "default":
+        pytest.skip("the other variants' lint and tests are run by the variant matrix")
+    result = run(["make", "lint", "test"], project.path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "passed" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# pre-commit
+
+
+def precommit_config(project: Project) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(project.read(".pre-commit-config.yaml"))
+    return data
+
+
+def test_precommit_config_is_valid(project: Project) -> None:
+    result = run([tool("pre-commit"), "validate-config", ".pre-commit-config.yaml"], project.path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_precommit_ruff_hooks_match_the_project_ruff(project: Project) -> None:
+    (ruff,) = [r for r in precommit_config(project)["repos"] if r["repo"].endswith("/ruff-pre-commit")]
+    assert [hook["id"] for hook in ruff["hooks"]] == ["ruff-check", "ruff-format"]
+    # No --config or rule selection on the hook: it reads pyproject.toml like `make lint`.
+    for hook in ruff["hooks"]:
+        assert set(hook.get("args", [])) <= {"--fix"}
+    pyproject = tomllib.loads(project.read("pyproject.toml"))
+    (requirement,) = [r for r in pyproject["dependency-groups"]["dev"] if r.startswith("ruff")]
+    specifier = SpecifierSet(requirement.removeprefix("ruff"))
+    assert Version(ruff["rev"].removeprefix("v")) in specifier
+
+
+# Hook id -> (console script of the pre-commit-hooks package, files it applies to).
+HYGIENE_HOOKS = {
+    "trailing-whitespace": ("trailing-whitespace-fixer", "*"),
+    "end-of-file-fixer": ("end-of-file-fixer", "*"),
+    "check-yaml": ("check-yaml", "*.y*ml"),
+    "check-toml": ("check-toml", "*.toml"),
+    "check-json": ("check-json", "*.json"),
+    "check-merge-conflict": ("check-merge-conflict", "*"),
+    "check-added-large-files": ("check-added-large-files", "*"),
+    "detect-private-key": ("detect-private-key", "*"),
+    "mixed-line-ending": ("mixed-line-ending", "*"),
+}
+# Flags that make the git-aware hooks check plain files (no repository, nothing staged).
+OFFLINE_ARGS = {"check-merge-conflict": ["--assume-in-merge"], "check-added-large-files": ["--enforce-all"]}
+
+
+def test_generated_files_pass_the_hygiene_hooks(project: Project, tmp_path: Path) -> None:
+    """pre-commit fetches hooks from GitHub (unreachable here): run the same release from PyPI.
+
+    A fresh project must not be rewritten by its own hooks on the first commit.
+    """
+    from importlib.metadata import version
+
+    (hygiene,) = [r for r in precommit_config(project)["repos"] if r["repo"].endswith("/pre-commit-hooks")]
+    assert hygiene["rev"] == f"v{version('pre-commit-hooks')}", "bump the rev or the dev dependency"
+    assert {hook["id"] for hook in hygiene["hooks"]} == set(HYGIENE_HOOKS)
+
+    copy = tmp_path / "service"
+    shutil.copytree(project.path, copy, ignore=shutil.ignore_patterns(".venv", "*cache*", "uv.lock"))
+    files = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
+    # As after `git init`: two of the hooks ask git about the repository.
+    assert run(["git", "init", "--quiet"], copy).returncode == 0
+    for hook in hygiene["hooks"]:
+        script, pattern = HYGIENE_HOOKS[hook["id"]]
+        selected = [f for f in files if fnmatch.fnmatch(Path(f).name, pattern)]
+        if not selected:
+            continue
+        args = [*hook.get("args", []), *OFFLINE_ARGS.get(hook["id"], [])]
+        result = run([tool(script), *args, *selected], copy)
+        assert result.returncode == 0, f"{hook['id']}: {result.stdout}{result.stderr}"
