@@ -1,0 +1,112 @@
+"""Shared fixtures (the logic lives in tests/helpers/, one module per concern).
+
+pytest-copie and pytest-cookies both register `--template`, so pyproject's addopts disables the
+cookies plugin (`-p no:cookies`) and its fixtures are re-exported here instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import REPO_DIR, engines, variants
+from helpers.project_env import ProjectEnv, create_env, default_uv_cache_dir, find_python
+from pytest_cookies.plugin import _cookiecutter_config_file, cookies, cookies_session
+
+__all__ = ["_cookiecutter_config_file", "cookies", "cookies_session"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # pytest-cookies' own option (its plugin, which would register it, is disabled).
+    parser.getgroup("cookies").addoption(
+        "--keep-baked-projects",
+        action="store_true",
+        default=False,
+        dest="keep_baked_projects",
+        help="Keep projects directories generated with 'cookies.bake()'.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `--template` defaults to the working directory: make the fixtures find this repo from anywhere.
+    if not (Path(config.option.template) / "copier.yml").is_file():
+        config.option.template = str(REPO_DIR)
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder every xdist worker of this run shares (and only this run)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@pytest.fixture(scope="session")
+def uv_cache_dir() -> Path:
+    """One uv cache for every generated project, every worker and every run (never deleted)."""
+    path = default_uv_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def template_snapshot(shared_dir: Path) -> Path:
+    """The template as a fresh clone (plus uncommitted work) would see it, frozen for the session."""
+    return engines.shared_once(shared_dir, "template", engines.snapshot_template)
+
+
+@pytest.fixture(scope="session")
+def generated(
+    shared_dir: Path, template_snapshot: Path, copie_session: Any, cookies_session: Any
+) -> Callable[[str, str], Path]:
+    """`generated(engine, variant)` -> the rendered project, built once per session across workers.
+
+    Treat the result as read-only: several tests (and workers) read the same folder.
+    """
+
+    def generate(engine: str, variant: str) -> Path:
+        answers = variants.answers(variant)
+        if engine == "copier":
+
+            def build(dest: Path) -> None:
+                engines.generate_copier(copie_session, template_snapshot, answers, dest)
+
+        elif engine == "cookiecutter":
+
+            def build(dest: Path) -> None:
+                engines.generate_cookiecutter(cookies_session, template_snapshot, answers, dest)
+
+        else:
+            raise ValueError(f"unknown engine {engine!r}")
+        return engines.shared_once(shared_dir / "generated", f"{engine}-{variant}", build)
+
+    return generate
+
+
+@pytest.fixture(scope="session")
+def project_env(
+    shared_dir: Path, generated: Callable[[str, str], Path], uv_cache_dir: Path
+) -> Callable[[str, str], ProjectEnv]:
+    """`project_env(engine, variant)` -> a uv-synced copy of that generated project (once per session).
+
+    The interpreter is the variant's minimum Python (`python_version`); a missing one skips the
+    caller with the reason, since it cannot be installed offline.
+    """
+
+    def make(engine: str, variant: str) -> ProjectEnv:
+        version = str(
+            variants.answers(variant).get("python_version", variants.QUESTIONS["python_version"]["default"])
+        )
+        python = find_python(version)
+        if python is None:
+            pytest.skip(f"no Python {version} interpreter on this machine for variant {variant!r}")
+        source = generated(engine, variant)
+        root = engines.shared_once(
+            shared_dir / "envs",
+            f"{engine}-{variant}",
+            lambda dest: create_env(source, dest, python, uv_cache_dir),
+        )
+        return ProjectEnv(root=root, python=python, uv_cache_dir=uv_cache_dir)
+
+    return make

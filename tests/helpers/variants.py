@@ -1,0 +1,70 @@
+"""Named answer sets ("variants") the tests generate, keyed by a short stable name.
+
+A variant is a plain dict of answers that differ from copier.yml's defaults; `{}` is the default
+service. Tests parametrize over `VARIANTS` (or a subset) and ask the `generated` fixture for a
+variant by name, so every engine run for the same name is shared by the whole session.
+
+The feature flags are read from copier.yml (every boolean question named `with_*`), so a new flag
+is covered by the on/off variants without touching this file. Other modules may add entries
+(e.g. a pairwise matrix) with `register()`; names must stay unique.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+
+
+def _questions() -> dict[str, dict[str, Any]]:
+    spec = yaml.safe_load((REPO_DIR / "copier.yml").read_text(encoding="utf-8"))
+    return {name: q for name, q in spec.items() if not name.startswith("_") and name != "cookiecutter"}
+
+
+QUESTIONS = _questions()
+
+#: Every boolean feature flag, in copier.yml order.
+FLAGS: tuple[str, ...] = tuple(
+    name for name, q in QUESTIONS.items() if name.startswith("with_") and q.get("type") == "bool"
+)
+#: The default value of every flag (what `default` generates).
+FLAG_DEFAULTS: dict[str, bool] = {name: bool(QUESTIONS[name].get("default")) for name in FLAGS}
+
+Answers = dict[str, Any]
+
+VARIANTS: dict[str, Answers] = {
+    "default": {},
+    "all_features": {**dict.fromkeys(FLAGS, True), "metrics_separate_port": True},
+    "minimal": dict.fromkeys(FLAGS, False),
+}
+for _flag in FLAGS:
+    VARIANTS[f"{_flag}_on"] = {_flag: True}
+    VARIANTS[f"{_flag}_off"] = {_flag: False}
+VARIANTS["metrics_separate_port"] = {"metrics_separate_port": True}
+# The newer Python minimums (ruff/mypy target, requires-python, Dockerfile base image change).
+VARIANTS["python_3_12"] = {"python_version": "3.12"}
+VARIANTS["python_3_13"] = {"python_version": "3.13"}
+
+
+def register(name: str, answers: Answers) -> None:
+    """Add a variant (for other test modules' matrices); a name can only mean one answer set."""
+    if name in VARIANTS and VARIANTS[name] != answers:
+        raise ValueError(f"variant {name!r} already means {VARIANTS[name]!r}")
+    VARIANTS[name] = dict(answers)
+
+
+def answers(name: str) -> Answers:
+    """A copy of the variant's answers (callers may not mutate the table)."""
+    return dict(VARIANTS[name])
+
+
+def effective_flags(name: str) -> dict[str, bool]:
+    """Every flag's value in this variant, defaults filled in."""
+    return {flag: bool(VARIANTS[name].get(flag, FLAG_DEFAULTS[flag])) for flag in FLAGS}
+
+
+#: The variants whose generated projects are synced, linted, type-checked, tested (and booted).
+CHECKED_VARIANTS: tuple[str, ...] = ("default", "all_features", "minimal", "python_3_13")
