@@ -1,0 +1,105 @@
+"""The variant matrix: every feature flag and choice question, pairwise, each row a working service.
+
+The pairwise rows (tests/helpers/matrix.py, registered in helpers/variants.py so the engine-parity
+tests render them with both engines too) complete the variants that are checked anyway
+(`variants.CHECKED_VARIANTS`): together they cover every pair of values of every boolean question
+and `python_version`. Each row is generated once per session (shared across xdist workers),
+`uv sync`-ed from its own pyproject, then linted, type-checked and tested with its own tools.
+The SLO choices are covered value by value in rendered variants and checked with promtool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import deploy, matrix, prometheus, variants
+from helpers.project_env import ProjectEnv
+
+Generated = Callable[[str, str], Path]
+ProjectEnvFactory = Callable[[str, str], ProjectEnv]
+
+SEEDS = variants.CHECKED_VARIANTS
+PAIRWISE = matrix.matrix_variants(variants.QUESTIONS, [variants.answers(name) for name in SEEDS])
+# Deploy's variants (imported above) already use most SLO values; these rows add the rest.
+SLO = matrix.slo_variants(variants.QUESTIONS, list(variants.VARIANTS.values()))
+for _name, _answers in {**PAIRWISE, **SLO}.items():
+    variants.register(_name, _answers)  # a no-op when helpers/variants.py registered it already
+
+BOOLEANS = [name for name, q in variants.QUESTIONS.items() if q.get("type") == "bool"]
+CHOICES = [name for name, q in variants.QUESTIONS.items() if q.get("choices")]
+MAX_ROWS = 12  # pairwise rows on top of the checked variants: keep the suite inside its budget
+
+
+def row_id(name: str) -> str:
+    return f"{name}-{matrix.describe(variants.answers(name), variants.QUESTIONS)}"
+
+
+def effective(name: str) -> dict[str, Any]:
+    answers = variants.answers(name)
+    return {question: answers.get(question, q.get("default")) for question, q in variants.QUESTIONS.items()}
+
+
+def test_matrix_covers_every_pair_of_flags_and_python_versions() -> None:
+    parameters: dict[str, list[Any]] = {name: [False, True] for name in BOOLEANS}
+    parameters["python_version"] = [str(choice) for choice in variants.QUESTIONS["python_version"]["choices"]]
+    rows = [{name: effective(variant)[name] for name in parameters} for variant in (*SEEDS, *PAIRWISE)]
+    missing = matrix.all_pairs(parameters) - matrix.covered_pairs(rows, parameters)
+    assert not missing, sorted(missing, key=repr)[:10]
+    assert len(PAIRWISE) <= MAX_ROWS
+    # Every flag of copier.yml is in the matrix, so a new one is covered without editing this file.
+    assert set(variants.FLAGS) <= set(BOOLEANS)
+    assert all(name in variants.VARIANTS for name in PAIRWISE)
+
+
+def test_every_choice_value_is_rendered_somewhere() -> None:
+    rows = [effective(name) for name in variants.VARIANTS]
+    for name in CHOICES:
+        used = {str(row[name]) for row in rows}
+        assert used == {str(choice) for choice in variants.QUESTIONS[name]["choices"]}, name
+
+
+def test_matrix_is_deterministic() -> None:
+    again = matrix.matrix_variants(variants.QUESTIONS, [variants.answers(name) for name in SEEDS])
+    assert again == PAIRWISE
+    for left, right in combinations(PAIRWISE.values(), 2):
+        assert left != right
+
+
+@pytest.mark.parametrize("variant", list(PAIRWISE), ids=row_id)
+def test_pairwise_variant_lints_type_checks_and_passes_its_tests(
+    project_env: ProjectEnvFactory, variant: str
+) -> None:
+    env = project_env("copier", variant)
+    env.tool("ruff", "check", ".")
+    env.tool("ruff", "format", "--check", ".")
+    env.tool("mypy")
+    env.tool("pytest", "-q", "-p", "no:cacheprovider", timeout=600)
+
+
+@pytest.mark.skipif(bool(prometheus.missing_binaries()), reason="needs promtool (.ci/run installs it)")
+@pytest.mark.parametrize("variant", list(SLO), ids=row_id)
+def test_slo_variant_renders_valid_rules_and_dashboard(
+    generated: Generated, tmp_path: Path, variant: str
+) -> None:
+    project = generated("copier", variant)
+    answers = effective(variant)
+    rule_file = project / "deploy" / "kubernetes" / "prometheusrule.yaml"
+    spec = prometheus.rule_groups(rule_file)
+    checked = prometheus.promtool("check", "rules", prometheus.write_rule_file(spec, tmp_path / "rules.yml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tests = project / "deploy" / "kubernetes" / "tests" / "alerts.test.yml"
+    (tmp_path / "alerts.test.yml").write_bytes(tests.read_bytes())
+    tested = prometheus.promtool("test", "rules", "alerts.test.yml", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    for path in (project / "deploy").rglob("*.y*ml"):
+        deploy.load_yaml_documents(path.read_text(encoding="utf-8"))
+    dashboard = json.loads((project / "deploy" / "grafana" / "dashboard.json").read_text(encoding="utf-8"))
+    assert dashboard["panels"]
+    # The latency objective reads the histogram bucket the answer names (prometheus-client's `le`).
+    bucket = f'le="{float(answers["slo_latency_threshold_seconds"])}"'
+    assert bucket in rule_file.read_text(encoding="utf-8")
