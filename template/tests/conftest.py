@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+{% if cookiecutter.metrics_separate_port -%}
+import socket
+{% endif -%}
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -31,7 +35,32 @@ TENANT_ATTRIBUTES = {
 
 def make_settings(**overrides: object) -> Settings:
     """Settings for tests: `test` environment, no `.env` file, explicit overrides."""
-    return Settings(_env_file=None, **{"environment": "test", **overrides})  # type: ignore[arg-type]
+    defaults: dict[str, object] = {"environment": "test"}
+{%- if cookiecutter.metrics_separate_port %}
+    defaults["metrics_port"] = free_port()
+{%- endif %}
+    return Settings(_env_file=None, **{**defaults, **overrides})  # type: ignore[arg-type]
+{%- if cookiecutter.metrics_separate_port %}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+{%- endif %}
+
+
+def scrape(client: TestClient, accept: str = "") -> httpx.Response:
+    """GET /metrics without following redirects (there must be none)."""
+    headers = {"Accept": accept} if accept else {}
+{%- if cookiecutter.metrics_separate_port %}
+    port = client.app.state.settings.metrics_port  # type: ignore[attr-defined]
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers, follow_redirects=False)
+{%- else %}
+    response: httpx.Response = client.get("/metrics", headers=headers, follow_redirects=False)
+    return response
+{%- endif %}
 
 
 @pytest.fixture

@@ -13,7 +13,14 @@ from logfire.testing import CaptureLogfire
 from loguru import logger as loguru_logger
 {%- endif %}
 
-from conftest import TENANT_ATTRIBUTES, TENANT_HEADERS, finished_spans, logs_named, server_spans
+from conftest import (
+    TENANT_ATTRIBUTES,
+    TENANT_HEADERS,
+    finished_spans,
+    logs_named,
+    scrape,
+    server_spans,
+)
 
 logger = logging.getLogger("tests.tenant")
 
@@ -108,7 +115,7 @@ def test_invalid_tenant_header_is_dropped_and_counted(
     [span] = server_spans(capfire)
     assert "account_id" not in (span.attributes or {})
     assert "session_id" not in (span.attributes or {})
-    metrics = client.get("/metrics").text
+    metrics = scrape(client).text
     assert 'tenant_header_rejections_total{header="account_id"} 1.0' in metrics
     assert 'tenant_header_rejections_total{header="session_id"} 1.0' in metrics
     assert 'tenant_requests_total{account_id="none",outcome="success"} 1.0' in metrics

@@ -74,7 +74,14 @@ class TelemetryMiddleware:
             ctx = with_tenant_baggage(tenant.items(), ctx)
 
         method = self.metrics.method_label(scope["method"])
-        span = self.tracer.start_span(method, context=ctx, kind=SpanKind.SERVER)
+        # The route is only known once the router ran: the span is renamed then. Until that, the
+        # message shows the raw path (Logfire's console prints spans when they start).
+        span = self.tracer.start_span(
+            method,
+            context=ctx,
+            kind=SpanKind.SERVER,
+            attributes={"logfire.msg": f"{method} {scope['path']}"},
+        )
         token = context.attach(trace.set_span_in_context(span, ctx))
         active = self.metrics.active_for(method)
         active.inc()

@@ -1,0 +1,45 @@
+"""Configuration: per-environment defaults and the variables that override them."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from conftest import make_settings
+from {{ cookiecutter.package_name }}.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("environment", "rate", "level"),
+    [("development", 1.0, "debug"), ("production", 0.1, "info"), ("test", 1.0, "debug")],
+)
+def test_per_environment_defaults(environment: str, rate: float, level: str) -> None:
+    settings = make_settings(environment=environment)
+    assert settings.trace_sample_rate == rate
+    assert settings.effective_log_level == level
+
+
+def test_environment_variables_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("LOGFIRE_TRACE_SAMPLE_RATE", "0.5")
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    monkeypatch.setenv("TENANT_HEADER_ACCOUNT_ID", "X-Tenant")
+
+    settings = Settings(_env_file=None)
+
+    assert settings.trace_sample_rate == 0.5
+    assert settings.effective_log_level == "warning"
+    assert settings.tenant_headers["account_id"] == "X-Tenant"
+    assert settings.port == {{ cookiecutter.http_port }}
+
+
+def test_sample_rate_must_be_a_fraction() -> None:
+    with pytest.raises(ValidationError):
+        make_settings(logfire_trace_sample_rate=1.5)
+
+
+def test_token_is_never_part_of_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGFIRE_TOKEN", "pylf_v1_secret_token")
+    settings = Settings(_env_file=None)
+    assert "pylf_v1_secret_token" not in repr(settings)
+    assert "pylf_v1_secret_token" not in settings.model_dump_json()
