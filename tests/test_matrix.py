@@ -75,8 +75,8 @@ def test_pairwise_variant_lints_type_checks_and_passes_its_tests(
     project_env: ProjectEnvFactory, variant: str
 ) -> None:
     env = project_env("copier", variant)
-    env.tool("ruff", "check", ".")
-    env.tool("ruff", "format", "--check", ".")
+    env.tool("ruff", "check", "--no-cache", ".")
+    env.tool("ruff", "format", "--check", "--no-cache", ".")
     env.tool("mypy")
     env.tool("pytest", "-q", "-p", "no:cacheprovider", timeout=600)
 

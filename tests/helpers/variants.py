@@ -68,3 +68,10 @@ def effective_flags(name: str) -> dict[str, bool]:
 
 #: The variants whose generated projects are synced, linted, type-checked, tested (and booted).
 CHECKED_VARIANTS: tuple[str, ...] = ("default", "all_features", "minimal", "python_3_13")
+
+# The pairwise matrix (helpers/matrix.py, checked in test_matrix.py): rows that, with the checked
+# variants above, cover every pair of values of every boolean question and python_version.
+from . import matrix as _matrix  # noqa: E402
+
+for _name, _answers in _matrix.matrix_variants(QUESTIONS, [VARIANTS[n] for n in CHECKED_VARIANTS]).items():
+    register(_name, _answers)
