@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.utils import floatToGoString
-
 from helpers import deploy, prometheus, variants
+from prometheus_client.utils import floatToGoString
 
 Generated = Callable[[str, str], Path]
 
@@ -114,7 +113,9 @@ def test_unit_tests_catch_alerts_that_never_fire(generated: Generated, tmp_path:
 
     project = generated("copier", "default")
     report = mutated_failures(project, tmp_path, never)
-    missed = [rule["alert"] for rule in alerts(spec_of(project)) if f"alertname: {rule['alert']}," not in report]
+    missed = [
+        rule["alert"] for rule in alerts(spec_of(project)) if f"alertname: {rule['alert']}," not in report
+    ]
     assert not missed, f"the unit tests do not notice that these alerts can never fire: {missed}"
 
 
@@ -128,7 +129,9 @@ def test_unit_tests_catch_alerts_that_always_fire(generated: Generated, tmp_path
 
     project = generated("copier", "default")
     report = mutated_failures(project, tmp_path, always)
-    missed = [rule["alert"] for rule in alerts(spec_of(project)) if f"alertname: {rule['alert']}," not in report]
+    missed = [
+        rule["alert"] for rule in alerts(spec_of(project)) if f"alertname: {rule['alert']}," not in report
+    ]
     assert not missed, f"the unit tests do not notice that these alerts always fire: {missed}"
 
 

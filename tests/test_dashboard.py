@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import deploy, prometheus, variants
 
 Generated = Callable[[str, str], Path]
@@ -86,15 +85,21 @@ def test_every_query_parses_and_reads_known_series(generated: Generated, variant
     assert len(queries) >= 20
     rule_file = project / "deploy" / "kubernetes" / "prometheusrule.yaml"
     if rule_file.exists():
-        recorded = frozenset(r["record"] for r in prometheus.rules(prometheus.rule_groups(rule_file)) if "record" in r)
+        recorded = frozenset(
+            r["record"] for r in prometheus.rules(prometheus.rule_groups(rule_file)) if "record" in r
+        )
     else:
         # Without Kubernetes the rules are not generated: render them from the default variant.
         default = generated("copier", "default") / "deploy" / "kubernetes" / "prometheusrule.yaml"
-        recorded = frozenset(r["record"] for r in prometheus.rules(prometheus.rule_groups(default)) if "record" in r)
+        recorded = frozenset(
+            r["record"] for r in prometheus.rules(prometheus.rule_groups(default)) if "record" in r
+        )
     for query in queries:
         problems = deploy.unknown_names(deploy.grafana_to_promql(query.expr), recorded)
         assert not problems, f"{query.panel} {query.ref_id}: {problems}"
-        assert f'job="{dashboard_job(project)}"' in query.expr, f"{query.panel}: not scoped to the service's job"
+        assert f'job="{dashboard_job(project)}"' in query.expr, (
+            f"{query.panel}: not scoped to the service's job"
+        )
 
 
 def dashboard_job(project: Path) -> str:
@@ -119,7 +124,7 @@ def test_panels_cover_the_issue(generated: Generated, variant: str) -> None:
         return any(all(n in e for n in needles) for e in exprs)
 
     assert some("sum by (http_route", "http_server_request_duration_seconds_count"), "RED rate per route"
-    assert some("http_response_status_code=~\"5..\"", "by (http_route)"), "error ratio per route"
+    assert some('http_response_status_code=~"5.."', "by (http_route)"), "error ratio per route"
     for quantile in ("0.5", "0.9", "0.99"):
         assert some(f"histogram_quantile({quantile},", "_bucket"), f"p{quantile} latency"
     assert some("http_server_active_requests"), "in progress"
@@ -142,7 +147,11 @@ def test_logfire_links_follow_the_answer(generated: Generated, variant: str) -> 
     links += dashboard["links"]
     if url:
         assert links and all(link["url"] == url for link in links)
-        latency = [p for p in deploy.dashboard_panels(dashboard) if any(t.get("exemplar") for t in p.get("targets", []))]
+        latency = [
+            p
+            for p in deploy.dashboard_panels(dashboard)
+            if any(t.get("exemplar") for t in p.get("targets", []))
+        ]
         assert all(p.get("links") for p in latency), "the latency panel links to the traces"
     else:
         assert links == []

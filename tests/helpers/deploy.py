@@ -37,8 +37,18 @@ variants.register(
         "logfire_project_url": "https://logfire.example.com/payments/ledger-api",
     },
 )
-variants.register("slo_loose", {"slo_availability_percent": "99", "slo_latency_threshold_seconds": "2.5", "slo_latency_percent": "99.9"})
-variants.register("slo_strict", {"slo_availability_percent": "99.99", "slo_latency_threshold_seconds": "0.1", "slo_latency_percent": "99.5"})
+variants.register(
+    "slo_loose",
+    {"slo_availability_percent": "99", "slo_latency_threshold_seconds": "2.5", "slo_latency_percent": "99.9"},
+)
+variants.register(
+    "slo_strict",
+    {
+        "slo_availability_percent": "99.99",
+        "slo_latency_threshold_seconds": "0.1",
+        "slo_latency_percent": "99.5",
+    },
+)
 
 #: Variants with Kubernetes manifests, and all the variants whose deploy/ the tests read.
 KUBERNETES_VARIANTS = ("default", "deploy_answers", "slo_loose", "slo_strict", "with_grafana_dashboard_off")
@@ -63,8 +73,12 @@ SERVICE_METRICS: dict[str, frozenset[str]] = {
 #: Series from kube-state-metrics and cAdvisor (kube-prometheus-stack) that the pod alerts read.
 KUBERNETES_METRICS: dict[str, frozenset[str]] = {
     "kube_pod_container_status_restarts_total": frozenset({"namespace", "pod", "container"}),
-    "kube_pod_container_resource_limits": frozenset({"namespace", "pod", "container", "resource", "unit", "node"}),
-    "container_cpu_usage_seconds_total": frozenset({"namespace", "pod", "container", "cpu", "image", "id", "name"}),
+    "kube_pod_container_resource_limits": frozenset(
+        {"namespace", "pod", "container", "resource", "unit", "node"}
+    ),
+    "container_cpu_usage_seconds_total": frozenset(
+        {"namespace", "pod", "container", "cpu", "image", "id", "name"}
+    ),
     "container_memory_working_set_bytes": frozenset({"namespace", "pod", "container", "image", "id", "name"}),
 }
 #: Labels the recording rules put on their series.
@@ -217,7 +231,11 @@ def _unset_paths(given: Any, kept: Any, path: str = "") -> list[str]:
                 problems += _unset_paths(given[key], kept[key], f"{path}.{key}")
         return problems
     if isinstance(given, list) and isinstance(kept, list):
-        return [p for i, (a, b) in enumerate(zip(given, kept, strict=False)) for p in _unset_paths(a, b, f"{path}[{i}]")]
+        return [
+            p
+            for i, (a, b) in enumerate(zip(given, kept, strict=False))
+            for p in _unset_paths(a, b, f"{path}[{i}]")
+        ]
     return []
 
 

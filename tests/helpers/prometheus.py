@@ -33,7 +33,9 @@ def missing_binaries() -> list[str]:
     return [name for name in (PROMETHEUS, PROMTOOL) if shutil.which(name) is None]
 
 
-def promtool(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def promtool(
+    *args: str | os.PathLike[str], cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PROMTOOL, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -117,7 +119,9 @@ class PrometheusServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, ready_timeout, "ready")
+        self._wait(
+            lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, ready_timeout, "ready"
+        )
         return self
 
     def stop(self) -> None:
@@ -180,7 +184,9 @@ class PrometheusServer:
         groups: list[dict[str, Any]] = self.api("rules")["groups"]
         return groups
 
-    def wait_for(self, expr: str, timeout: float = 60, predicate: Callable[[list[dict[str, Any]]], bool] = bool) -> list[dict[str, Any]]:
+    def wait_for(
+        self, expr: str, timeout: float = 60, predicate: Callable[[list[dict[str, Any]]], bool] = bool
+    ) -> list[dict[str, Any]]:
         """Poll an instant query until `predicate(result)` holds (default: a non-empty result)."""
         found: list[dict[str, Any]] = []
 
