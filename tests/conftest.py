@@ -35,6 +35,28 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.template = str(REPO_DIR)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make `--dist loadgroup` work on pytest 9 (runs on each xdist worker).
+
+    pytest-xdist 3.8 tags a grouped test by appending `@<group>` to `item._nodeid`, but pytest 9
+    builds `item.nodeid` from `item._id`, so the tag is lost and grouped tests are spread over
+    all workers (each then builds its own module fixtures). Apply the same tag where pytest 9
+    reads it; a no-op once xdist does it itself.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(groups))}")
+
+
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """A folder every xdist worker of this run shares (and only this run)."""
@@ -95,9 +117,7 @@ def project_env(
     """
 
     def make(engine: str, variant: str) -> ProjectEnv:
-        version = str(
-            variants.answers(variant).get("python_version", variants.QUESTIONS["python_version"]["default"])
-        )
+        version = variants.python_version(variant)
         python = find_python(version)
         if python is None:
             pytest.skip(f"no Python {version} interpreter on this machine for variant {variant!r}")

@@ -61,6 +61,11 @@ def answers(name: str) -> Answers:
     return dict(VARIANTS[name])
 
 
+def python_version(name: str) -> str:
+    """The variant's minimum Python (its `python_version` answer or the default)."""
+    return str(VARIANTS[name].get("python_version", QUESTIONS["python_version"]["default"]))
+
+
 def effective_flags(name: str) -> dict[str, bool]:
     """Every flag's value in this variant, defaults filled in."""
     return {flag: bool(VARIANTS[name].get(flag, FLAG_DEFAULTS[flag])) for flag in FLAGS}
