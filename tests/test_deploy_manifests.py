@@ -86,7 +86,7 @@ def test_no_kubernetes_leaves_no_manifests(generated: Generated, engine: str, va
     project = generated(engine, variant)
     assert not (project / "deploy" / "kubernetes").exists()
     assert not (project / "deploy" / "kustomization.yaml").exists()
-    assert not (project / "docs" / "runbook.md").exists(), "the runbook only documents the Kubernetes alerts"
+    assert not (project / "docs").exists(), "the runbook (docs/) only documents the Kubernetes alerts"
     # The dashboard stays for manual import.
     json.loads((project / "deploy" / "grafana" / "dashboard.json").read_text())
 
@@ -255,3 +255,10 @@ def test_engines_render_identical_deploy_trees(generated: Generated) -> None:
             if k.startswith(("deploy/", "docs/"))
         }
         assert copier_tree == cookie_tree, variant
+
+
+@pytest.mark.parametrize("engine", deploy.ENGINES)
+def test_no_deploy_folder_without_kubernetes_and_dashboard(generated: Generated, engine: str) -> None:
+    assert variants.effective_flags("minimal")["with_kubernetes"] is False
+    assert variants.effective_flags("minimal")["with_grafana_dashboard"] is False
+    assert not (generated(engine, "minimal") / "deploy").exists()

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from helpers import deploy, prometheus
+from helpers import deploy, engines, prometheus
 from helpers.process import ServiceProcess, free_port, service_env
 from helpers.project_env import ProjectEnv
 
@@ -71,16 +71,6 @@ WAVE: list[tuple[str, str | None, int]] = [
 ]
 
 
-@dataclass
-class Run:
-    job: str
-    service: ServiceProcess
-    prom: prometheus.PrometheusServer
-    spec: dict[str, Any]
-    dashboard: dict[str, Any]
-    statuses: dict[str, list[int]]
-
-
 def drive(base_url: str) -> dict[str, list[int]]:
     statuses: dict[str, list[int]] = {}
 
@@ -96,75 +86,106 @@ def drive(base_url: str) -> dict[str, list[int]]:
     return statuses
 
 
-def total(prom: prometheus.PrometheusServer, expr: str) -> float:
-    result = prom.query(expr)
-    return sum(float(sample["value"][1]) for sample in result)
-
-
-@pytest.fixture(scope="module")
-def run(
-    project_env: Callable[[str, str], ProjectEnv], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Run]:
-    project = project_env("copier", "default")
+def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
+    """Boot the service and Prometheus, drive the traffic, and record what Prometheus answers."""
     answers = yaml.safe_load((project.root / ".copier-answers.yml").read_text())
     package, job = answers["package_name"], answers["project_slug"]
-    workdir = tmp_path_factory.mktemp("prometheus-e2e")
     (workdir / "e2e_app.py").write_text(WRAPPER.format(package=package, slow=SLOW_SECONDS))
-
     spec = prometheus.rule_groups(project.root / "deploy" / "kubernetes" / "prometheusrule.yaml")
     rule_file = prometheus.write_rule_file(spec, workdir / "rules.yml")
-    check = prometheus.promtool("check", "rules", rule_file)
-    assert check.returncode == 0, check.stdout + check.stderr
     dashboard = json.loads((project.root / "deploy" / "grafana" / "dashboard.json").read_text())
 
     port = free_port()
     env = service_env(project.env(), port=port, PYTHONPATH=str(workdir))
-    args = [
-        str(project.venv_bin / "python"),
-        "-m",
-        "uvicorn",
-        "e2e_app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with ServiceProcess(args, cwd=project.root, env=env, port=port) as service:
+    args = [str(project.venv_bin / "python"), "-m", "uvicorn", "e2e_app:app", "--port", str(port)]
+    with ServiceProcess([*args, "--host", "127.0.0.1"], cwd=project.root, env=env, port=port) as service:
         service.wait_ready()
-        with prometheus.PrometheusServer(workdir / "prom", {job: [f"127.0.0.1:{port}"]}, [rule_file]) as prom:
+        targets = {job: [f"127.0.0.1:{port}"]}
+        with prometheus.PrometheusServer(workdir / "prom", targets, [rule_file]) as prom:
             # rate() needs a sample from before the traffic: wait for the first successful scrape.
             prom.wait_up([job])
             statuses = drive(service.url)
             count = f'http_server_request_duration_seconds_count{{job="{job}"}}'
             first = sum(times for _, _, times in WAVE)
             prom.wait_for(f"sum({count}) >= {first}")
-            # A second wave after Prometheus has seen the first: every series now grows between scrapes.
+            # A second wave once Prometheus has seen the first: every series grows between scrapes.
             for path, codes in drive(service.url).items():
                 statuses[path] += codes
             prom.wait_for(f"sum({count}) >= {2 * first}")
             # Let every rule evaluate on the complete data at least twice.
             time.sleep(2.5)
-            yield Run(job, service, prom, spec, dashboard, statuses)
+            groups = prom.wait_rules_evaluated()
+            now = time.time()
+            return {
+                "job": job,
+                "spec": spec,
+                "statuses": statuses,
+                "targets": prom.targets_health(),
+                "series": prom.api("series", **{"match[]": f'{{job="{job}"}}'}),
+                "rule_groups": groups,
+                "slis": {
+                    f"{slo} {window}": prom.query(
+                        f'slo:sli_error:ratio_rate{window}{{slo="{slo}", job="{job}"}}'
+                    )
+                    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d")
+                    for slo in ("availability", "latency")
+                },
+                "alerts": prom.query(f'ALERTS{{job="{job}"}}'),
+                "dashboard": [
+                    {
+                        "panel": q.panel,
+                        "ref": q.ref_id,
+                        "expr": q.expr,
+                        "result": prom.query(deploy.grafana_to_promql(q.expr)),
+                    }
+                    for q in deploy.dashboard_queries(dashboard)
+                ],
+                "rate_by_route": prom.query(
+                    deploy.grafana_to_promql(f"sum by (http_route) (rate({count}[$__rate_interval]))")
+                ),
+                "tenants": prom.query(f'sum by (account_id) (tenant_requests_total{{job="{job}"}})'),
+                "exemplars": prom.query_exemplars(
+                    f'http_server_request_duration_seconds_bucket{{job="{job}"}}', start=now - 600, end=now
+                ),
+                "prometheus_log": prom.log(),
+                "service_output": service.describe(),
+            }
 
 
-def test_traffic_got_the_expected_answers(run: Run) -> None:
-    assert set(run.statuses["/items/1"]) == {200}
-    assert set(run.statuses["/items/999999"]) == {404}
-    assert set(run.statuses["/no/such/path"]) == {404}
-    assert set(run.statuses["/e2e/fail"]) == {503}
-    assert set(run.statuses["/e2e/boom"]) == {500}
-    assert set(run.statuses["/e2e/slow"]) == {200}
+@pytest.fixture(scope="session")
+def observed(project_env: Callable[[str, str], ProjectEnv], shared_dir: Path) -> dict[str, Any]:
+    """One boot per test session, shared by every xdist worker through a JSON record."""
+    project = project_env("copier", "default")
+
+    def build(dest: Path) -> None:
+        dest.mkdir(parents=True)
+        record = observe(project, dest)
+        (dest / "observed.json").write_text(json.dumps(record, indent=1))
+
+    folder = engines.shared_once(shared_dir, "prometheus-e2e", build)
+    record: dict[str, Any] = json.loads((folder / "observed.json").read_text())
+    return record
 
 
-def test_scrape_target_is_healthy(run: Run) -> None:
-    (target,) = run.prom.targets_health()
+def test_traffic_got_the_expected_answers(observed: dict[str, Any]) -> None:
+    statuses = observed["statuses"]
+    assert set(statuses["/items/1"]) == {200}
+    assert set(statuses["/items/999999"]) == {404}
+    assert set(statuses["/no/such/path"]) == {404}
+    assert set(statuses["/e2e/fail"]) == {503}
+    assert set(statuses["/e2e/boom"]) == {500}
+    assert set(statuses["/e2e/slow"]) == {200}
+
+
+def test_scrape_target_is_healthy(observed: dict[str, Any]) -> None:
+    (target,) = observed["targets"]
     assert target["health"] == "up", target
     assert target["lastError"] == ""
 
 
-def test_service_exposes_the_metric_contract(run: Run) -> None:
+def test_service_exposes_the_metric_contract(observed: dict[str, Any]) -> None:
     """The names and labels the dashboard and rules are checked against are what the service exposes."""
-    series = run.prom.api("series", **{"match[]": f'{{job="{run.job}"}}'})
+    series = observed["series"]
     exposed: dict[str, set[str]] = {}
     for labels in series:
         exposed.setdefault(labels["__name__"], set()).update(set(labels) - {"__name__", "job", "instance"})
@@ -172,16 +193,15 @@ def test_service_exposes_the_metric_contract(run: Run) -> None:
     assert not missing, f"the service does not expose {missing}"
     for name, labels in deploy.SERVICE_METRICS.items():
         assert exposed[name] == labels, name
-    routes = {
-        s.get("http_route") for s in series if s["__name__"] == "http_server_request_duration_seconds_count"
-    }
+    count = "http_server_request_duration_seconds_count"
+    routes = {s.get("http_route") for s in series if s["__name__"] == count}
     assert {"/items/{item_id}", "unmatched", "/e2e/fail", "/e2e/slow"} <= routes
 
 
-def test_every_rule_evaluates_without_error(run: Run) -> None:
-    groups = run.prom.wait_rules_evaluated()
+def test_every_rule_evaluates_without_error(observed: dict[str, Any]) -> None:
+    groups = observed["rule_groups"]
     loaded = [rule["name"] for group in groups for rule in group["rules"]]
-    expected = [rule.get("record") or rule["alert"] for rule in prometheus.rules(run.spec)]
+    expected = [rule.get("record") or rule["alert"] for rule in prometheus.rules(observed["spec"])]
     assert sorted(loaded) == sorted(expected)
     broken = [
         (rule["name"], rule.get("health"), rule.get("lastError"))
@@ -192,57 +212,38 @@ def test_every_rule_evaluates_without_error(run: Run) -> None:
     assert not broken, broken
 
 
-def test_recording_rules_produce_the_slis(run: Run) -> None:
-    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"):
-        for slo in ("availability", "latency"):
-            (sample,) = run.prom.query(f'slo:sli_error:ratio_rate{window}{{slo="{slo}", job="{run.job}"}}')
-            ratio = float(sample["value"][1])
-            # Both waves had 4 errors (fail + boom) and 3 slow requests in 37.
-            assert 0 < ratio < 1, (window, slo, ratio)
+def test_recording_rules_produce_the_slis(observed: dict[str, Any]) -> None:
+    for name, result in observed["slis"].items():
+        (sample,) = result
+        ratio = float(sample["value"][1])
+        # Each wave had 4 failures (fail + boom) and 3 slow requests in 37.
+        assert 0 < ratio < 1, (name, ratio)
 
 
-def test_burning_alerts_are_pending_or_firing(run: Run) -> None:
+def test_burning_alerts_are_pending_or_firing(observed: dict[str, Any]) -> None:
     """11% of requests fail and 8% are slow: the rules react as their thresholds say."""
-    active = {sample["metric"]["alertname"] for sample in run.prom.query(f'ALERTS{{job="{run.job}"}}')}
-    assert {
-        "HighErrorRate",
-        "AvailabilityErrorBudgetBurnFast",
-        "AvailabilityErrorBudgetBurnSlow",
-        "LatencyErrorBudgetBurnSlow",
-    } <= active
+    active = {sample["metric"]["alertname"] for sample in observed["alerts"]}
+    burning = {"HighErrorRate", "AvailabilityErrorBudgetBurnFast", "AvailabilityErrorBudgetBurnSlow"}
+    assert burning | {"LatencyErrorBudgetBurnSlow"} <= active
     assert "HighRequestLatencyP95" not in active
 
 
-def test_every_dashboard_query_returns_data(run: Run) -> None:
-    queries = deploy.dashboard_queries(run.dashboard)
+def test_every_dashboard_query_returns_data(observed: dict[str, Any]) -> None:
+    queries = observed["dashboard"]
     assert len(queries) >= 20
-    empty = []
-    for query in queries:
-        result = run.prom.query(deploy.grafana_to_promql(query.expr))
-        if not result:
-            empty.append(f"{query.panel} [{query.ref_id}]: {query.expr}")
+    empty = [f"{q['panel']} [{q['ref']}]: {q['expr']}" for q in queries if not q["result"]]
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
 
-def test_dashboard_rates_see_the_traffic(run: Run) -> None:
-    count = f'http_server_request_duration_seconds_count{{job="{run.job}"}}'
-    by_route = run.prom.query(
-        deploy.grafana_to_promql(f"sum by (http_route) (rate({count}[$__rate_interval]))")
-    )
-    rates = {sample["metric"]["http_route"]: float(sample["value"][1]) for sample in by_route}
-    assert all(rates[route] > 0 for route in ("/items/{item_id}", "unmatched", "/e2e/fail", "/e2e/slow")), (
-        rates
-    )
-    tenants = run.prom.query(f'sum by (account_id) (tenant_requests_total{{job="{run.job}"}})')
-    accounts = {sample["metric"]["account_id"] for sample in tenants}
+def test_dashboard_rates_see_the_traffic(observed: dict[str, Any]) -> None:
+    rates = {s["metric"]["http_route"]: float(s["value"][1]) for s in observed["rate_by_route"]}
+    routes = ("/items/{item_id}", "unmatched", "/e2e/fail", "/e2e/slow")
+    assert all(rates[route] > 0 for route in routes), rates
+    accounts = {sample["metric"]["account_id"] for sample in observed["tenants"]}
     assert {"acct-a", "acct-b", "none"} <= accounts
 
 
-def test_latency_exemplars_carry_trace_ids(run: Run) -> None:
-    now = time.time()
-    exemplars = run.prom.query_exemplars(
-        f'http_server_request_duration_seconds_bucket{{job="{run.job}"}}', start=now - 600, end=now
-    )
-    labels = [e["labels"] for series in exemplars for e in series["exemplars"]]
+def test_latency_exemplars_carry_trace_ids(observed: dict[str, Any]) -> None:
+    labels = [e["labels"] for series in observed["exemplars"] for e in series["exemplars"]]
     assert labels, "no exemplars stored: the latency panel could not link to traces"
     assert all(len(label.get("trace_id", "")) == 32 for label in labels), labels[:3]
