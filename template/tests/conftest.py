@@ -6,8 +6,11 @@ from __future__ import annotations
 import socket
 {% endif -%}
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+{% if cookiecutter.metrics_separate_port -%}
 import httpx
+{% endif -%}
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -51,16 +54,25 @@ def free_port() -> int:
 {%- endif %}
 
 
-def scrape(client: TestClient, accept: str = "") -> httpx.Response:
+@dataclass(frozen=True)
+class Scrape:
+    status_code: int
+    content_type: str
+    text: str
+
+
+def scrape(client: TestClient, accept: str = "") -> Scrape:
     """GET /metrics without following redirects (there must be none)."""
     headers = {"Accept": accept} if accept else {}
 {%- if cookiecutter.metrics_separate_port %}
     port = client.app.state.settings.metrics_port  # type: ignore[attr-defined]
-    return httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers, follow_redirects=False)
+    response = httpx.get(
+        f"http://127.0.0.1:{port}/metrics", headers=headers, follow_redirects=False
+    )
 {%- else %}
-    response: httpx.Response = client.get("/metrics", headers=headers, follow_redirects=False)
-    return response
+    response = client.get("/metrics", headers=headers, follow_redirects=False)
 {%- endif %}
+    return Scrape(response.status_code, response.headers["content-type"], response.text)
 
 
 @pytest.fixture

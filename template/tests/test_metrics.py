@@ -45,14 +45,14 @@ def request_count(client: TestClient, method: str, route: str, status: int) -> f
 def test_metrics_is_served_without_redirect(client: TestClient) -> None:
     response = scrape(client)
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.content_type.startswith("text/plain")
     assert "process_cpu_seconds_total" in response.text
     assert "process_resident_memory_bytes" in response.text
 
 
 def test_openmetrics_when_asked(client: TestClient) -> None:
     response = scrape(client, accept="application/openmetrics-text; version=1.0.0")
-    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.content_type.startswith("application/openmetrics-text")
     assert response.text.endswith("# EOF\n")
 
 

@@ -116,5 +116,6 @@ def create_app(
             settings.tenant_headers, max_length=settings.tenant_id_max_length
         ),
         untraced_paths=UNTRACED_PATHS,
+        sample_rate=settings.trace_sample_rate,
     )
     return app

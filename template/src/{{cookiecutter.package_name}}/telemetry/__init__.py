@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-{% if cookiecutter.with_httpx or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics -%}
+{% if cookiecutter.with_httpx or cookiecutter.with_sqlalchemy or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics -%}
 from .instrumentations import instrument_libraries
 {% endif -%}
 from .logfire_config import configure_logfire
@@ -29,7 +29,7 @@ def configure_telemetry(
         additional_span_processors=additional_span_processors,
         metric_readers=metric_readers,
     )
-    configure_logging(settings)
-{%- if cookiecutter.with_httpx or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics %}
+{%- if cookiecutter.with_httpx or cookiecutter.with_sqlalchemy or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics %}
     instrument_libraries()
 {%- endif %}
+    configure_logging(settings)

@@ -11,6 +11,7 @@ from opentelemetry.propagate import set_global_textmap
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
+from .sampling import HeadSampler
 from .tenant import TENANT_ATTRIBUTES
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def configure_logfire(
         if development
         else False,
         min_level=level,
-        sampling=logfire.SamplingOptions(head=settings.trace_sample_rate),
+        sampling=logfire.SamplingOptions(head=HeadSampler(settings.trace_sample_rate)),
         scrubbing=logfire.ScrubbingOptions(callback=keep_tenant_ids),
         distributed_tracing=settings.distributed_tracing,
         # No source inspection of `logfire.info(f"...")` calls: it costs on every call.

@@ -21,6 +21,7 @@ import logfire
 from loguru import logger as loguru_logger
 {%- endif %}
 from opentelemetry import trace
+from opentelemetry.trace import TraceFlags
 
 from .tenant import current_tenant
 
@@ -72,7 +73,8 @@ class SampledTracesOnly(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         span_context = trace.get_current_span().get_span_context()
-        return not span_context.is_valid or span_context.trace_flags.sampled
+        # `trace_flags` is sometimes a plain int (some span contexts are built that way): mask it.
+        return not span_context.is_valid or bool(span_context.trace_flags & TraceFlags.SAMPLED)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -81,8 +83,13 @@ def configure_logging(settings: Settings) -> None:
         if getattr(handler, _OWNED, False):
             root.removeHandler(handler)
     root.setLevel(settings.effective_log_level.upper())
-    # httpx logs every request at INFO with its full URL, query-string secrets included.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx (and its successor httpx2) log every request at INFO with its full URL, query-string
+    # secrets included.
+    for http_client in ("httpx", "httpx2"):
+        logging.getLogger(http_client).setLevel(logging.WARNING)
+    # Connection-level chatter would bury the service's own debug records.
+    for chatty in ("asyncio", "httpcore", "aiosqlite", "multipart"):
+        logging.getLogger(chatty).setLevel(logging.INFO)
 
     to_logfire = logfire.LogfireLoggingHandler()
     to_logfire.addFilter(SampledTracesOnly())

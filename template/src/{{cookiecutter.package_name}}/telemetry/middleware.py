@@ -17,6 +17,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .metrics import UNMATCHED_ROUTE, HttpMetrics
+from .sampling import decide, mark_sampled, unsampled_span
 from .tenant import TenantHeaders, with_tenant_baggage
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class TelemetryMiddleware:
         metrics: HttpMetrics,
         tenant_headers: TenantHeaders,
         untraced_paths: Iterable[str] = (),
+        sample_rate: float = 1.0,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -40,6 +42,8 @@ class TelemetryMiddleware:
         # Probes and scrapes are neither traced nor counted: they would drown the real traffic.
         self.untraced_paths = frozenset(untraced_paths)
         self.tracer = trace.get_tracer(__name__)
+        # Head sampling happens here, not in start_span: see sampling.py for why.
+        self.sample_rate = sample_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.untraced_paths:
@@ -76,12 +80,19 @@ class TelemetryMiddleware:
         method = self.metrics.method_label(scope["method"])
         # The route is only known once the router ran: the span is renamed then. Until that, the
         # message shows the raw path (Logfire's console prints spans when they start).
-        span = self.tracer.start_span(
-            method,
-            context=ctx,
-            kind=SpanKind.SERVER,
-            attributes={"logfire.msg": f"{method} {scope['path']}"},
-        )
+        if ctx is None:
+            ctx = context.get_current()
+        parent = trace.get_current_span(ctx).get_span_context()
+        span: trace.Span
+        if decide(self.sample_rate, parent):
+            span = self.tracer.start_span(
+                method,
+                context=mark_sampled(ctx),
+                kind=SpanKind.SERVER,
+                attributes={"logfire.msg": f"{method} {scope['path']}"},
+            )
+        else:
+            span = unsampled_span(parent)
         token = context.attach(trace.set_span_in_context(span, ctx))
         active = self.metrics.active_for(method)
         active.inc()
