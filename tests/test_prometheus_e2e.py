@@ -96,11 +96,17 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
     dashboard = json.loads((project.root / "deploy" / "grafana" / "dashboard.json").read_text())
 
     port = free_port()
-    env = service_env(project.env(), port=port, PYTHONPATH=str(workdir))
+    extra = {"PYTHONPATH": str(workdir)}
+    metrics_port = port
+    if answers["metrics_separate_port"]:
+        metrics_port = free_port()
+        extra["METRICS_PORT"] = str(metrics_port)
+    env = service_env(project.env(), port=port, **extra)
     args = [str(project.venv_bin / "python"), "-m", "uvicorn", "e2e_app:app", "--port", str(port)]
     with ServiceProcess([*args, "--host", "127.0.0.1"], cwd=project.root, env=env, port=port) as service:
         service.wait_ready()
-        targets = {job: [f"127.0.0.1:{port}"]}
+        public_metrics = httpx.get(f"{service.url}/metrics", timeout=10).status_code
+        targets = {job: [f"127.0.0.1:{metrics_port}"]}
         with prometheus.PrometheusServer(workdir / "prom", targets, [rule_file]) as prom:
             # rate() needs a sample from before the traffic: wait for the first successful scrape.
             prom.wait_up([job])
@@ -118,6 +124,8 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
             now = time.time()
             return {
                 "job": job,
+                "metrics_separate_port": answers["metrics_separate_port"],
+                "public_metrics_status": public_metrics,
                 "spec": spec,
                 "statuses": statuses,
                 "targets": prom.targets_health(),
@@ -152,17 +160,21 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
             }
 
 
-@pytest.fixture(scope="session")
-def observed(project_env: Callable[[str, str], ProjectEnv], shared_dir: Path) -> dict[str, Any]:
-    """One boot per test session, shared by every xdist worker through a JSON record."""
-    project = project_env("copier", "default")
+# The default layout (/metrics on the HTTP port) and /metrics on a port of its own (all_features,
+# whose environment the generated-project checks sync anyway).
+@pytest.fixture(scope="session", params=["default", "all_features"])
+def observed(
+    request: pytest.FixtureRequest, project_env: Callable[[str, str], ProjectEnv], shared_dir: Path
+) -> dict[str, Any]:
+    """One boot per variant per test session, shared by every xdist worker through a JSON record."""
+    project = project_env("copier", request.param)
 
     def build(dest: Path) -> None:
         dest.mkdir(parents=True)
         record = observe(project, dest)
         (dest / "observed.json").write_text(json.dumps(record, indent=1))
 
-    folder = engines.shared_once(shared_dir, "prometheus-e2e", build)
+    folder = engines.shared_once(shared_dir, f"prometheus-e2e-{request.param}", build)
     record: dict[str, Any] = json.loads((folder / "observed.json").read_text())
     return record
 
@@ -181,6 +193,8 @@ def test_scrape_target_is_healthy(observed: dict[str, Any]) -> None:
     (target,) = observed["targets"]
     assert target["health"] == "up", target
     assert target["lastError"] == ""
+    # With a separate metrics port, the public HTTP port does not serve /metrics.
+    assert observed["public_metrics_status"] == (404 if observed["metrics_separate_port"] else 200)
 
 
 def test_service_exposes_the_metric_contract(observed: dict[str, Any]) -> None:
