@@ -1,4 +1,4 @@
-"""Head sampling: decided by the middleware per request (see telemetry/sampling.py), same outcome."""
+"""Head sampling is decided per request by the middleware (telemetry/sampling.py): same outcome."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from conftest import logs_named, make_settings, server_spans
 from {{ cookiecutter.package_name }}.app import create_app
-
-from .conftest import logs_named, make_settings, server_spans
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -59,9 +58,8 @@ def test_an_unsampled_caller_is_followed_whatever_the_rate(capfire: CaptureLogfi
 
 
 def test_spans_outside_requests_keep_the_configured_rate(capfire: CaptureLogfire) -> None:
-    with client_for(capfire, 0.0):
-        with logfire.span("background.job"):
-            logfire.info("job.step")
+    with client_for(capfire, 0.0), logfire.span("background.job"):
+        logfire.info("job.step")
     names = [span.name for span in capfire.exporter.exported_spans]
     assert "background.job" not in names
     assert "job.step" not in names
