@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+import time
 from typing import TYPE_CHECKING, Any
 
 import logfire
@@ -40,14 +40,36 @@ _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None)._
 _OWNED = "_service_telemetry_handler"
 
 
+# One encoder for every line: `json.dumps(..., default=str)` would build a new one per record.
+_encode_json = json.JSONEncoder(default=str).encode
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def _utc_timestamp(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds (`2026-01-02T03:04:05.678+00:00`).
+
+    Formats the date and time once per second, not once per record: a `datetime` per line was a
+    quarter of this formatter's cost.
+    """
+    global _second_cache  # a one-entry cache, replaced atomically
+    second = int(created)
+    # Rounded to the microsecond first, as `datetime.fromtimestamp` does.
+    micros = round((created - second) * 1_000_000)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached_second, prefix = _second_cache
+    if cached_second != second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_cache = (second, prefix)
+    return f"{prefix}.{micros // 1000:03d}+00:00"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, trace ids, tenant ids, extras."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "timestamp": _utc_timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -62,7 +84,7 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return _encode_json(line)
 
 
 class SampledTracesOnly(logging.Filter):
