@@ -9,6 +9,7 @@ a temporary directory: the generated service itself has no debug routes.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,17 @@ def drive(base_url: str) -> dict[str, list[int]]:
     return statuses
 
 
+def lint_exposition(url: str, workdir: Path) -> dict[str, Any]:
+    """`promtool check metrics` on a real scrape (naming and HELP/TYPE conventions)."""
+    scrape = workdir / "scrape.txt"
+    scrape.write_bytes(httpx.get(url, timeout=10).content)
+    with scrape.open("rb") as stdin:
+        result = subprocess.run(
+            [prometheus.PROMTOOL, "check", "metrics"], stdin=stdin, capture_output=True, text=True, timeout=60
+        )
+    return {"returncode": result.returncode, "output": result.stdout + result.stderr}
+
+
 def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
     """Boot the service and Prometheus, drive the traffic, and record what Prometheus answers."""
     answers = yaml.safe_load((project.root / ".copier-answers.yml").read_text())
@@ -155,6 +167,7 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
                 "exemplars": prom.query_exemplars(
                     f'http_server_request_duration_seconds_bucket{{job="{job}"}}', start=now - 600, end=now
                 ),
+                "lint": lint_exposition(f"http://127.0.0.1:{metrics_port}/metrics", workdir),
                 "prometheus_log": prom.log(),
                 "service_output": service.describe(),
             }
@@ -210,6 +223,10 @@ def test_service_exposes_the_metric_contract(observed: dict[str, Any]) -> None:
     count = "http_server_request_duration_seconds_count"
     routes = {s.get("http_route") for s in series if s["__name__"] == count}
     assert {"/items/{item_id}", "unmatched", "/e2e/fail", "/e2e/slow"} <= routes
+
+
+def test_scrape_passes_promtool_lint(observed: dict[str, Any]) -> None:
+    assert observed["lint"]["returncode"] == 0, observed["lint"]["output"]
 
 
 def test_every_rule_evaluates_without_error(observed: dict[str, Any]) -> None:
