@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 {% endif %}
     from ..settings import Settings
 
-# Attributes every LogRecord has; anything else came with `extra=` and is a structured field.
+# Attributes every LogRecord has; anything else came with `extra=` and is a structured field
+# (except uvicorn's `color_message`, a copy of the message with terminal colour codes).
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
+    "color_message",
 }
 # Marks the handlers installed here, so that configuring again (tests) replaces them.
 _OWNED = "_service_telemetry_handler"
