@@ -13,10 +13,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from helpers import variants
+from helpers.process import ServiceProcess, free_port, service_env
 from helpers.project_env import ProjectEnv, clean_env, find_python
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -317,13 +319,6 @@ def build_context_copy(project: Project, checkout: Path, destination: Path) -> N
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -623,3 +618,72 @@ def test_generated_files_pass_the_hygiene_hooks(project: Project, tmp_path: Path
         args = [*hook.get("args", []), *OFFLINE_ARGS.get(hook["id"], [])]
         result = run([tool(script), *args, *selected], copy)
         assert result.returncode == 0, f"{hook['id']}: {result.stdout}{result.stderr}"
+
+
+# --------------------------------------------------------------------------------------------
+# README quick start
+
+
+def quick_start(readme: str) -> str:
+    """The README's first section that shows shell commands (how to run, test and check it)."""
+    for section in re.split(r"(?m)^## ", readme)[1:]:
+        if "```sh" in section:
+            return section
+    raise AssertionError("the README shows no shell commands")
+
+
+def shell_commands(section: str) -> list[str]:
+    """Each command line of the section's sh blocks, plus `# or: <command>` alternatives."""
+    commands: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL):
+        for line in block.splitlines():
+            command, _, comment = line.partition("#")
+            if command.strip():
+                commands.append(command.strip())
+            alternative = re.match(r"\s*or:\s*(.+)", comment)
+            if alternative:
+                commands.append(alternative.group(1).strip())
+    return commands
+
+
+def served_urls(section: str) -> list[str]:
+    return re.findall(r"\| (http://127\.0\.0\.1:\d+/\S*) \|", section)
+
+
+@pytest.mark.slow
+def test_readme_quick_start_commands_work(
+    project: Project, project_env: Callable[[str, str], ProjectEnv]
+) -> None:
+    """Every command of the quick start, as written: servers are booted and every URL it lists
+    answers 200; the others must exit 0. The inline `uvicorn --factory` alternative is booted too."""
+    if project.name != "default":
+        pytest.skip("the default project stands for the README's commands")
+    env = project_env("copier", "default")
+    section = quick_start(project.read("README.md"))
+    commands = shell_commands(section)
+    slug, package = project.answers["project_slug"], project.answers["package_name"]
+    servers = {f"uv run {slug}", f"uv run python -m {package}"}
+    assert servers <= set(commands), commands
+    factory = re.search(r"`(uvicorn --factory [\w.:]+)`", section)
+    assert factory is not None, "the README no longer shows the app factory command"
+    urls = served_urls(section)
+    assert any(url.endswith("/healthz") for url in urls), urls
+
+    for command in commands:
+        if command in servers:
+            continue
+        result = env.run("bash", "-c", command, check=False, timeout=600)
+        assert result.returncode == 0, f"`{command}`:\n{result.stdout[-4000:]}{result.stderr[-4000:]}"
+
+    http_port = str(project.answers["http_port"])
+    for command in [*sorted(servers), f"uv run {factory.group(1)}"]:
+        port = free_port()
+        if command.startswith("uv run uvicorn"):
+            command += f" --host 127.0.0.1 --port {port}"
+        run_env = service_env(env.env(), port=port, environment="development")
+        with ServiceProcess(["bash", "-c", command], cwd=env.root, env=run_env, port=port) as service:
+            service.wait_ready()
+            for url in urls:
+                local = url.replace(f":{http_port}/", f":{port}/")
+                response = httpx.get(local, timeout=10)
+                assert response.status_code == 200, f"{command}: GET {url} -> {response.status_code}"
