@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import deploy, engines, prometheus
+from helpers import deploy, engines, prometheus, variants
 from helpers.process import ServiceProcess, free_port, service_env
 from helpers.project_env import ProjectEnv
+from prometheus_client.utils import floatToGoString
 
 pytestmark = [
     pytest.mark.slow,
@@ -223,6 +224,10 @@ def test_service_exposes_the_metric_contract(observed: dict[str, Any]) -> None:
     count = "http_server_request_duration_seconds_count"
     routes = {s.get("http_route") for s in series if s["__name__"] == count}
     assert {"/items/{item_id}", "unmatched", "/e2e/fail", "/e2e/slow"} <= routes
+    # Every latency objective offered by copier.yml is a bucket bound, spelled as the rules select it.
+    bounds = {s["le"] for s in series if s["__name__"] == "http_server_request_duration_seconds_bucket"}
+    choices = variants.QUESTIONS["slo_latency_threshold_seconds"]["choices"]
+    assert {floatToGoString(float(choice)) for choice in choices} <= bounds, sorted(bounds)
 
 
 def test_scrape_passes_promtool_lint(observed: dict[str, Any]) -> None:
