@@ -1,7 +1,7 @@
 """Write cookiecutter.json from copier.yml, or check that it is current.
 
-    python hooks/cookiecutter_json.py          # rewrite cookiecutter.json
-    python hooks/cookiecutter_json.py --check  # exit 1 if it has drifted from copier.yml
+python hooks/cookiecutter_json.py          # rewrite cookiecutter.json
+python hooks/cookiecutter_json.py --check  # exit 1 if it has drifted from copier.yml
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
         if current != expected:
-            print("cookiecutter.json is out of date: run `python hooks/cookiecutter_json.py`", file=sys.stderr)
+            print(
+                "cookiecutter.json is out of date: run `python hooks/cookiecutter_json.py`", file=sys.stderr
+            )
             return 1
         return 0
     TARGET.write_text(expected, encoding="utf-8")

@@ -54,9 +54,7 @@ def _typed(question: dict[str, Any], value: Any) -> Any:
 
 def typed_answers(spec: dict[str, Any], answers: dict[str, Any]) -> dict[str, Any]:
     return {
-        name: _typed(question, answers[name])
-        for name, question in questions(spec).items()
-        if name in answers
+        name: _typed(question, answers[name]) for name, question in questions(spec).items() if name in answers
     }
 
 

@@ -38,9 +38,7 @@ def generate(dest: Path) -> Path:
     project = dest / SERVICE_SLUG
     if project.exists():
         shutil.rmtree(project)
-    copier.run_copy(
-        str(REPO_DIR), str(project), vcs_ref="HEAD", defaults=True, unsafe=False, quiet=True
-    )
+    copier.run_copy(str(REPO_DIR), str(project), vcs_ref="HEAD", defaults=True, unsafe=False, quiet=True)
     return project
 
 
@@ -72,15 +70,21 @@ def show_sample_traffic(base_url: str) -> None:
         status, body = get(f"{base_url}/items/{item_id}", SAMPLE_TENANT)
         print(f"demo> GET /items/{item_id} -> {status} {body}", flush=True)
     _, metrics = get(f"{base_url}/metrics")
-    counts = [line for line in metrics.splitlines() if line.startswith("http_server_request_duration_seconds_count")]
+    counts = [
+        line for line in metrics.splitlines() if line.startswith("http_server_request_duration_seconds_count")
+    ]
     print("demo> request counters on /metrics:", flush=True)
     for line in counts:
         print(f"demo>   {line}", flush=True)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="where to generate (default: build/demo)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dest", type=Path, default=DEFAULT_DEST, help="where to generate (default: build/demo)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
     parser.add_argument("--once", action="store_true", help="stop after the sample requests")
     args = parser.parse_args()
