@@ -538,6 +538,18 @@ def test_make_rules_test_runs_promtool(project: Project) -> None:
     assert "SUCCESS" in result.stdout + result.stderr
 
 
+def test_readme_documents_every_make_target(project: Project) -> None:
+    documented = set(re.findall(r"`make ([a-z0-9-]+)", project.read("README.md")))
+    assert documented == make_targets(project)
+
+
+def test_uv_lock_is_not_gitignored(project: Project, tmp_path: Path) -> None:
+    """The image build and CI (`uv sync --locked`) need uv.lock in the repository."""
+    shutil.copy(project.path / ".gitignore", tmp_path / ".gitignore")
+    assert run(["git", "init", "--quiet"], tmp_path).returncode == 0
+    assert run(["git", "check-ignore", "--quiet", "uv.lock"], tmp_path).returncode == 1
+
+
 @pytest.mark.slow
 def test_make_lint_test_passes_in_the_generated_project(
     project: Project, project_env: Callable[[str, str], ProjectEnv]
