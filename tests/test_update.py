@@ -13,12 +13,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.version import Version
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
@@ -429,3 +431,28 @@ def test_cookiecutter_service_moves_to_copier_and_updates(
     assert NEW_README_SECTION in (project / "README.md").read_text(encoding="utf-8")
     assert (project / "NOTES.md").read_text(encoding="utf-8") == USER_NOTES
     assert route.read_text(encoding="utf-8") == USER_ROUTE
+
+
+# --- versions and changelog --------------------------------------------------------------------
+
+
+def changelog_versions() -> list[str]:
+    text = (REPO_DIR / "CHANGELOG.md").read_text(encoding="utf-8")
+    return re.findall(r"^## \[(\d[^\]]*)\] - \d{4}-\d{2}-\d{2}$", text, re.M)
+
+
+def test_changelog_names_every_release_with_a_pep440_version() -> None:
+    text = (REPO_DIR / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## [Unreleased]" in text
+    versions = changelog_versions()
+    assert versions, "CHANGELOG.md should list at least one release"
+    parsed = [Version(version) for version in versions]  # raises on a non-PEP 440 version
+    assert [str(version) for version in parsed] == versions, "write versions in normalized PEP 440 form"
+    assert parsed == sorted(parsed, reverse=True), "newest release first"
+    # The repository's own version is the newest release (or newer, while unreleased work piles up).
+    with open(REPO_DIR / "pyproject.toml", "rb") as pyproject:
+        assert Version(tomllib.load(pyproject)["project"]["version"]) >= parsed[0]
+    # Every release tag of this repository has its entry (copier update only sees tagged versions).
+    tags = git(REPO_DIR, "tag", "--list").split()
+    release_tags = [tag for tag in tags if re.fullmatch(r"v?\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?", tag)]
+    assert not [tag for tag in release_tags if tag.removeprefix("v") not in versions]
