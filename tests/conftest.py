@@ -41,8 +41,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     pytest-xdist 3.8 tags a grouped test by appending `@<group>` to `item._nodeid`, but pytest 9
     builds `item.nodeid` from `item._id`, so the tag is lost and grouped tests are spread over
-    all workers (each then builds its own module fixtures). Apply the same tag where pytest 9
-    reads it; a no-op once xdist does it itself.
+    all workers (each then builds its own module fixtures); pytest-xdist issue #1386, fix pending
+    in PR #1388. Apply the same tag where pytest 9 reads it; a no-op once xdist does it itself.
     """
     if not getattr(config.option, "loadgroup", False):
         return

@@ -55,6 +55,10 @@ def test_engines_render_identical_projects(generated: Generated, variant: str) -
     )
     differing = [name for name in copier_tree if copier_tree[name] != cookie_tree[name]]
     assert not differing, "\n\n".join(_diff(n, copier_tree[n], cookie_tree[n]) for n in differing)
+    copier_exec = [
+        p for p in engines.executables(generated("copier", variant)) if p != engines.COPIER_ANSWERS_FILE
+    ]
+    assert copier_exec == engines.executables(generated("cookiecutter", variant)), "executable bits differ"
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
@@ -271,42 +275,77 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_copier_rejects_bad_answer(
     template_snapshot: Path, tmp_path: Path, bad: dict[str, Any], question: str
 ) -> None:
+    """copier's API as `copier copy -d name=value` uses it (in-process: ~10x cheaper than the CLI)."""
     dst = tmp_path / "out"
-    data = [
-        arg
-        for name, value in bad.items()
-        for arg in ("-d", f"{name}={str(value).lower() if isinstance(value, bool) else value}")
-    ]
-    result = _cli(
-        "copier", "copy", "--defaults", "-r", "HEAD", *data, str(template_snapshot), str(dst), cwd=tmp_path
-    )
-    assert result.returncode != 0, result.stdout + result.stderr
-    assert f"'{question}'" in result.stderr, result.stderr[-3000:]
+    with pytest.raises(ValueError, match=f"'{question}'"):
+        copier.run_copy(
+            str(template_snapshot),
+            str(dst),
+            data=bad,
+            defaults=True,
+            unsafe=False,
+            vcs_ref="HEAD",
+            quiet=True,
+        )
     assert not dst.exists() or not any(dst.iterdir()), "a refused answer must not write files"
 
 
 @pytest.mark.parametrize(("bad", "question"), BAD_ANSWERS)
 def test_cookiecutter_rejects_bad_answer(
-    template_snapshot: Path, tmp_path: Path, bad: dict[str, Any], question: str
+    cookies: Any,
+    template_snapshot: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    bad: dict[str, Any],
+    question: str,
 ) -> None:
-    out = tmp_path / "out"
-    extra = [f"{name}={'yes' if value is True else value}" for name, value in bad.items()]
-    result = _cli("cookiecutter", "--no-input", "-o", str(out), str(template_snapshot), *extra, cwd=tmp_path)
-    assert result.returncode != 0, result.stdout + result.stderr
-    assert question in result.stderr, result.stderr[-3000:]
-    assert not out.exists() or not any(out.iterdir()), "a refused answer must not write files"
-
-
-@pytest.mark.parametrize("bad", [{"package_name": "class"}, {"python_version": "3.10"}])
-def test_bad_answers_through_the_test_plugins(
-    copie: Any, cookies: Any, template_snapshot: Path, bad: dict[str, Any]
-) -> None:
-    """The same refusals seen through pytest-copie's and pytest-cookies' fixtures (what users' tests use)."""
-    copied = copie.copy(extra_answers=bad, template_dir=template_snapshot)
-    assert copied.exception is not None and copied.project_dir is None
-    assert list(Path(copie.test_dir).glob("copie*/*")) == []
+    """Through pytest-cookies: choices fail in cookiecutter itself, validators in the pre_gen hook."""
     baked = cookies.bake(extra_context=bad, template=str(template_snapshot))
     assert baked.exception is not None and baked.project_path is None
+    message = str(baked.exception) + capfd.readouterr().err
+    assert question in message, message[-3000:]
+    # pytest-cookies bakes into <tmp_path>/cookies/bakeNN/
+    assert list((tmp_path / "cookies").glob("*/*")) == [], "a refused answer must not write files"
+
+
+@pytest.mark.parametrize("engine", engines.ENGINES)
+def test_command_line_names_the_question(template_snapshot: Path, tmp_path: Path, engine: str) -> None:
+    """What a user sees: each CLI exits non-zero, names the question, and writes nothing."""
+    out = tmp_path / "out"
+    if engine == "copier":
+        command = ["copier", "copy", "--defaults", "-r", "HEAD", "-d", "package_name=class"]
+        command += [str(template_snapshot), str(out)]
+    else:
+        command = ["cookiecutter", "--no-input", "-o", str(out), str(template_snapshot), "package_name=class"]
+    result = subprocess.run(
+        [sys.executable, "-m", *command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "'package_name'" in result.stderr and "keyword" in result.stderr, result.stderr[-3000:]
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="copier casts a non-numeric int answer before validating: 'invalid literal for int()' "
+    "without the question's name (cookiecutter's hook names it)",
+)
+def test_copier_non_numeric_port_names_the_question(template_snapshot: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'http_port'"):
+        copier.run_copy(
+            str(template_snapshot),
+            str(tmp_path / "out"),
+            data={"http_port": "abc"},
+            defaults=True,
+            unsafe=False,
+            vcs_ref="HEAD",
+            quiet=True,
+        )
 
 
 # --- no --trust, StrictUndefined -----------------------------------------------------------------

@@ -133,6 +133,15 @@ def tree(root: Path) -> dict[str, bytes | str]:
     return files
 
 
+def executables(root: Path) -> list[str]:
+    """Files under `root` with an executable bit (scripts must stay runnable in both engines)."""
+    return sorted(
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o111
+    )
+
+
 def empty_dirs(root: Path) -> list[str]:
     """Folders under `root` that contain nothing at all."""
     return sorted(
