@@ -38,9 +38,10 @@ from packaging.version import Version
 
 VENV_BIN = Path(sys.executable).parent
 
-# default: Kubernetes on, metrics on the HTTP port; with_kubernetes_off: no deploy/kubernetes (no k8s
-# targets or CI job); all_features: metrics on their own port (second EXPOSE and METRICS_PORT).
-SHIPPING_VARIANTS = ("default", "with_kubernetes_off", "all_features")
+# Together they take every branch of the shipping files: default (Kubernetes on, metrics on the
+# HTTP port, Python 3.11), with_kubernetes_off (no k8s targets, CI job or README rows), all_features
+# (metrics on their own port: second EXPOSE, METRICS_PORT), python_3_13 (base image, CI Python).
+SHIPPING_VARIANTS = ("default", "with_kubernetes_off", "all_features", "python_3_13")
 
 COMMON_TARGETS = {
     "help",
@@ -340,7 +341,9 @@ def test_image_command_serves_healthz_as_non_root_from_a_read_only_install(
     .dockerignore that let too little or too much through would show here.
     """
     if project.name != "default":
-        pytest.skip("one image run stands for all variants (their Dockerfiles differ in ports only)")
+        pytest.skip(
+            "one image run stands for all variants (their Dockerfiles differ only in ports and Python)"
+        )
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to start the service as uid 10001")
     python = Path(f"/usr/bin/python{project.answers['python_version']}")
