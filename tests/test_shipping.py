@@ -477,6 +477,28 @@ def test_workflow_builds_and_smoke_tests_the_image(project: Project) -> None:
     assert f"127.0.0.1:{project.answers['http_port']}/readyz" in commands
 
 
+def test_the_linters_are_not_vacuous(generated: Callable[[str, str], Path], tmp_path: Path) -> None:
+    """Each linter, fed the generated file with one typical mistake, fails (so a pass means something)."""
+    path = generated("copier", "default")
+    project = Project("default", path, _answers(path))
+    dockerfile = project.read("Dockerfile").replace("USER 10001:10001", "USER root")
+    dockerfile = dockerfile.replace("WORKDIR /app\n", "WORKDIR /app\nRUN apt-get install gcc\n", 1)
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    linted = run([tool("hadolint"), "--no-color", "Dockerfile"], tmp_path)
+    assert linted.returncode != 0
+    assert "DL3002" in linted.stdout  # last USER is root
+    assert "DL3008" in linted.stdout  # unpinned apt package
+
+    workflow_text = project.read(".github/workflows/ci.yml")
+    broken = workflow_text.replace("run: uv run pytest", 'run: uv run pytest -k "${{ matrix.nope }}"')
+    assert broken != workflow_text
+    (tmp_path / ".github/workflows").mkdir(parents=True)
+    (tmp_path / ".github/workflows/ci.yml").write_text(broken)
+    checked = run([tool("actionlint"), "-no-color", ".github/workflows/ci.yml"], tmp_path, tool_env())
+    assert checked.returncode != 0
+    assert "matrix" in checked.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # Makefile
 
