@@ -19,14 +19,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import variants
 from helpers.otlp_receiver import OtlpReceiver, Span
 from helpers.process import ServiceProcess, Stopped, free_port, service_env
 from helpers.project_env import ProjectEnv
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
-# The recorded run is one boot: its tests share the worker that builds the default copier env.
-on_default_env = pytest.mark.xdist_group("env-copier-default")
+# One recorded boot per variant; its tests share the worker that builds (and keeps) that env.
+BOOTED = [
+    pytest.param(name, marks=pytest.mark.xdist_group(f"env-copier-{name}"), id=name)
+    for name in ("default", "all_features")
+]
 
 ROUTE = "/items/{item_id}"
 TENANT_HEADERS = {
@@ -110,38 +114,46 @@ def console_script(project: ProjectEnv) -> Path:
     return project.venv_bin / name
 
 
-@pytest.fixture(scope="module")
-def run(project_env: Callable[[str, str], ProjectEnv]) -> BootRun:
-    project = project_env("copier", "default")
+@pytest.fixture(scope="module", params=BOOTED)
+def run(request: pytest.FixtureRequest, project_env: Callable[[str, str], ProjectEnv]) -> BootRun:
+    variant: str = request.param
+    project = project_env("copier", variant)
+    separate_metrics = bool(variants.answers(variant).get("metrics_separate_port"))
     with OtlpReceiver() as receiver:
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         env = service_env(
             project.env(), port=port, otlp_endpoint=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY=NEVER_MS
         )
+        if separate_metrics:
+            env["METRICS_PORT"] = str(metrics_port)
         with ServiceProcess([str(console_script(project))], cwd=project.root, env=env, port=port) as service:
             service.wait_ready()
-            metrics_before = scrape(service.url + "/metrics")
+            metrics_url = (
+                f"http://127.0.0.1:{metrics_port}/metrics" if separate_metrics else service.url + "/metrics"
+            )
+            metrics_before = scrape(metrics_url)
             statuses = [
                 httpx.get(service.url + path, headers=headers, timeout=10).status_code
                 for path, headers, *_ in PLAN
             ]
             # Probes and scrapes in between: neither traced nor counted.
             assert httpx.get(service.url + "/healthz", timeout=10).status_code == 200
-            metrics_after = scrape(service.url + "/metrics")
+            if separate_metrics:
+                # Kept off the public port.
+                assert httpx.get(service.url + "/metrics", timeout=10).status_code == 404
+            metrics_after = scrape(metrics_url)
             spans_before_stop = receiver.spans
             stopped = service.stop()
-        spans = receiver.spans
+    spans = receiver.spans
     return BootRun(
         project, spans_before_stop, spans, statuses, metrics_before, metrics_after, stopped, receiver
     )
 
 
-@on_default_env
 def test_requests_were_answered(run: BootRun) -> None:
     assert run.statuses == [expected for _, _, expected, *_ in PLAN]
 
 
-@on_default_env
 def test_sigterm_shuts_down_gracefully(run: BootRun) -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is "killed by SIGTERM".
     assert run.stopped.returncode in (0, -signal.SIGTERM), str(run.stopped)
@@ -150,7 +162,6 @@ def test_sigterm_shuts_down_gracefully(run: BootRun) -> None:
     assert "Traceback" not in output, str(run.stopped)
 
 
-@on_default_env
 def test_spans_are_delivered_by_the_shutdown_flush(run: BootRun) -> None:
     assert run.receiver.errors == []
     assert [s for s in run.spans_before_stop if s.kind == "SERVER"] == [], (
@@ -159,7 +170,6 @@ def test_spans_are_delivered_by_the_shutdown_flush(run: BootRun) -> None:
     assert len(run.request_spans()) == len(PLAN), "every request span must arrive before the process exits"
 
 
-@on_default_env
 def test_exactly_one_server_span_per_request(run: BootRun) -> None:
     spans = run.request_spans()
     by_path = Counter(s.attributes.get("url.path") for s in spans)
@@ -169,7 +179,6 @@ def test_exactly_one_server_span_per_request(run: BootRun) -> None:
     assert all(s.parent is None for s in spans), "no incoming traceparent: request spans are roots"
 
 
-@on_default_env
 def test_server_span_names_attributes_and_status(run: BootRun) -> None:
     spans = run.request_spans()
     for path, _headers, status, route, ids in PLAN:
@@ -190,14 +199,12 @@ def test_server_span_names_attributes_and_status(run: BootRun) -> None:
             assert span.attributes.get(name) == ids.get(name), (path, name)
 
 
-@on_default_env
 def test_session_id_survives_scrubbing(run: BootRun) -> None:
     sessions = {s.attributes.get("session_id") for s in run.spans}
     assert {"sess-1", "sess-2", "sess-3", "sess-4"} <= sessions
     assert not any("Scrubbed" in str(v) for s in run.spans for v in s.attributes.values())
 
 
-@on_default_env
 def test_item_fetched_log_carries_the_tenant_ids(run: BootRun) -> None:
     request_by_span_id = {s.span_id: s for s in run.request_spans()}
     logs = [s for s in run.spans if s.name == "item.fetched"]
@@ -211,7 +218,6 @@ def test_item_fetched_log_carries_the_tenant_ids(run: BootRun) -> None:
             assert log.attributes.get(name) == parent.attributes.get(name), name
 
 
-@on_default_env
 def test_resource_identifies_the_service(run: BootRun) -> None:
     identities = {
         tuple(sorted((k, str(v)) for k, v in s.resource.items() if k.startswith(("service.", "deployment."))))
@@ -224,7 +230,6 @@ def test_resource_identifies_the_service(run: BootRun) -> None:
     assert attributes["deployment.environment.name"] == "production"
 
 
-@on_default_env
 def test_no_secret_and_no_forged_baggage_leaves_the_process(run: BootRun) -> None:
     for span in run.spans:
         text = repr(span.attributes) + span.name + repr(span.events)
@@ -234,7 +239,6 @@ def test_no_secret_and_no_forged_baggage_leaves_the_process(run: BootRun) -> Non
     assert SECRET not in run.stopped.stdout + run.stopped.stderr
 
 
-@on_default_env
 def test_probes_and_scrapes_are_not_traced(run: BootRun) -> None:
     paths = {s.attributes.get("url.path") for s in run.request_spans()}
     assert not paths & {"/healthz", "/readyz", "/metrics"}
@@ -251,7 +255,6 @@ def _delta(run: BootRun, prefixes: tuple[str, ...]) -> dict[tuple[str, tuple[tup
     return delta
 
 
-@on_default_env
 def test_request_counts_moved_by_exactly_the_requests_sent(run: BootRun) -> None:
     expected: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
     for _path, _headers, status, route, _ids in PLAN:
@@ -264,7 +267,6 @@ def test_request_counts_moved_by_exactly_the_requests_sent(run: BootRun) -> None
     assert _delta(run, ("http_server_request_duration_seconds_count",)) == dict(expected)
 
 
-@on_default_env
 def test_duration_histogram_buckets_agree_with_counts(run: BootRun) -> None:
     for (name, labels), value in run.metrics_after.items():
         if name == "http_server_request_duration_seconds_count":
@@ -274,7 +276,6 @@ def test_duration_histogram_buckets_agree_with_counts(run: BootRun) -> None:
             assert infinite == value
 
 
-@on_default_env
 def test_tenant_counters_moved_by_exactly_the_requests_sent(run: BootRun) -> None:
     expected: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
     for _path, _headers, status, _route, ids in PLAN:
@@ -287,7 +288,6 @@ def test_tenant_counters_moved_by_exactly_the_requests_sent(run: BootRun) -> Non
     assert _delta(run, ("tenant_requests_total", "tenant_header_rejections_total")) == dict(expected)
 
 
-@on_default_env
 def test_nothing_in_progress_after_the_requests(run: BootRun) -> None:
     active = {
         labels: v for (name, labels), v in run.metrics_after.items() if name == "http_server_active_requests"
