@@ -71,7 +71,7 @@ class TelemetryMiddleware:
             scope = dict(scope)
             scope["headers"] = [h for h in scope["headers"] if h[0] != b"baggage"]
 
-        # The global propagator is W3C tracecontext only (see setup.py), and Logfire wraps it so
+        # The global propagator is W3C tracecontext only (logfire_config.py); Logfire wraps it so
         # that DISTRIBUTED_TRACING=false ignores incoming trace ids.
         ctx = propagate.extract(carrier) if carrier is not None else None
         if tenant:
