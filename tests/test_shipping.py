@@ -683,8 +683,9 @@ def test_make_check_and_the_readme_quick_start_run_for_real(
     if project.name != "default":
         pytest.skip("the variant matrix runs ruff, mypy and pytest for the other checked variants")
     env = project_env("copier", "default")
-    # The environment is synced already (and shared): `uv run` must use it as it is.
-    make_env = env.env(UV_NO_SYNC="1")
+    # The environment is synced already and shared with other tests: `uv run` uses it as it is,
+    # ruff and pytest leave no caches behind (mypy shares its cache: it writes it atomically).
+    make_env = env.env(UV_NO_SYNC="1", RUFF_NO_CACHE="true", PYTEST_ADDOPTS="-p no:cacheprovider")
     made = env.run("make", "lint", "typecheck", "test", env=make_env, timeout=600)
     assert "All checks passed!" in made.stdout
     assert "Success: no issues found" in made.stdout
