@@ -2,10 +2,11 @@
 
 There is no Docker engine and no GitHub here, so every file is checked with the tools its users
 would run, all installed from PyPI (hadolint, actionlint with shellcheck, check-jsonschema's vendored
-GitHub-workflow schema, pre-commit and pre-commit-hooks), by its structure, and by running for real
-what can run here: `make lint test`, the kustomize render, promtool, the hygiene hooks, and the
-image's production command in an emulated container (non-editable install of the build context
-only, started as uid 10001 over files it cannot write, probed with the image's own HEALTHCHECK).
+GitHub-workflow schema, pre-commit and pre-commit-hooks; each shown to fail on a broken input), by
+its structure, and by running for real what can run here: `make lint typecheck test`, `make dev`,
+the README's quick start, the kustomize render, promtool, the hygiene hooks, and the image's
+production command in an emulated container (non-editable install of the build context only,
+started as uid 10001 over files it cannot write, probed with the image's own HEALTHCHECK).
 """
 
 from __future__ import annotations
