@@ -499,6 +499,15 @@ def test_the_linters_are_not_vacuous(generated: Callable[[str, str], Path], tmp_
     assert checked.returncode != 0
     assert "matrix" in checked.stdout
 
+    (tmp_path / ".github/workflows/ci.yml").write_text(workflow_text.replace("runs-on:", "runs_on:"))
+    schema = [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows"]
+    assert run([*schema, ".github/workflows/ci.yml"], tmp_path).returncode != 0
+
+    hooks = project.read(".pre-commit-config.yaml").replace("rev:", "revision:", 1)
+    (tmp_path / ".pre-commit-config.yaml").write_text(hooks)
+    validated = run([tool("pre-commit"), "validate-config", ".pre-commit-config.yaml"], tmp_path)
+    assert validated.returncode != 0
+
 
 # --------------------------------------------------------------------------------------------
 # Makefile
