@@ -110,3 +110,20 @@ def test_development_console_is_readable(
     assert "item.fetched" in out
     assert "GET /items/1" in out
     assert json_lines(out) == []
+
+
+def test_json_lines_redact_credential_extras(
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
+) -> None:
+    create_app(
+        make_settings(environment="production"),
+        additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
+    )
+    logging.getLogger("tests").info(
+        "login.attempted",
+        extra={"password": "hunter2", "api_key": "k-123", "user_token": "t-1", "user": "ann"},
+    )
+
+    [line] = [e for e in json_lines(capsys.readouterr().out) if e["message"] == "login.attempted"]
+    assert line["user"] == "ann"
+    assert line["password"] == line["api_key"] == line["user_token"] == "[redacted]"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from loguru import logger as loguru_logger
 from opentelemetry import trace
 from opentelemetry.trace import TraceFlags
 
-from .tenant import current_tenant
+from .tenant import TENANT_ATTRIBUTES, current_tenant
 
 if TYPE_CHECKING:
 {%- if cookiecutter.with_loguru %}
@@ -40,6 +41,26 @@ _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None)._
 }
 # Marks the handlers installed here, so that configuring again (tests) replaces them.
 _OWNED = "_service_telemetry_handler"
+
+
+# Extras named like credentials are redacted on stdout, as Logfire's scrubbing does for spans.
+_SECRET_KEY = re.compile(
+    r"password|passwd|secret|auth(?!ors?\b)|credential|private[._ -]?key|api[._ -]?key|"
+    r"session|cookie|token|jwt|csrf|xsrf|ssn|credit[._ -]?card",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+_secret_keys: dict[str, bool] = {}
+
+
+def _is_secret_key(key: str) -> bool:
+    """Whether an extra's name looks like a credential (cached: services log few distinct keys)."""
+    secret = _secret_keys.get(key)
+    if secret is None:
+        secret = _secret_keys[key] = (
+            key not in TENANT_ATTRIBUTES and _SECRET_KEY.search(key) is not None
+        )
+    return secret
 
 
 # One encoder for every line: `json.dumps(..., default=str)` would build a new one per record.
@@ -83,7 +104,7 @@ class JsonFormatter(logging.Formatter):
         line.update(current_tenant())
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and key not in line:
-                line[key] = value
+                line[key] = REDACTED if _is_secret_key(key) else value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return _encode_json(line)
