@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import random
+import string
+
+import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from starlette.types import Message, Scope
 
 from conftest import make_settings, scrape, server_spans
 from {{ cookiecutter.package_name }}.app import create_app
@@ -126,3 +134,104 @@ def test_unsampled_requests_are_still_counted(capfire: CaptureLogfire, rate: flo
         assert server_spans(capfire) == []
         assert request_count(client, "GET", "/items/{item_id}", 200) == 1
         assert not any(s.exemplar for s in samples(client))
+
+
+def raw_scrape(client: TestClient, headers: dict[str, str]) -> tuple[httpx.Headers, bytes]:
+    """GET /metrics and return the body as it came over the wire (not decompressed)."""
+{%- if cookiecutter.metrics_separate_port %}
+    port = client.app.state.settings.metrics_port  # type: ignore[attr-defined]
+    with httpx.stream("GET", f"http://127.0.0.1:{port}/metrics", headers=headers) as response:
+        return response.headers, b"".join(response.iter_raw())
+{%- else %}
+    with client.stream("GET", "/metrics", headers=headers, follow_redirects=False) as response:
+        assert response.status_code == 200
+        return response.headers, b"".join(response.iter_raw())
+{%- endif %}
+
+
+def test_gzip_when_the_scraper_accepts_it(client: TestClient) -> None:
+    client.get("/items/1")
+
+    headers, body = raw_scrape(client, {"Accept-Encoding": "gzip"})
+    assert headers["content-encoding"] == "gzip"
+    text = gzip.decompress(body).decode()
+    assert "http_server_request_duration_seconds_count" in text
+
+    headers, body = raw_scrape(client, {"Accept-Encoding": "identity"})
+    assert "content-encoding" not in headers
+    assert body.decode().startswith("# HELP")
+
+
+async def send_raw(app: FastAPI, requests: list[tuple[str, str]]) -> list[int]:
+    """Send (method, path) requests straight to the ASGI app: far quicker than a test client."""
+    statuses = []
+    for method, path in requests:
+        status = 0
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        await app(scope, receive, send)
+        statuses.append(status)
+    return statuses
+
+
+def series(client: TestClient) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    return {(s.name, tuple(sorted(s.labels.items()))) for s in samples(client)}
+
+
+def test_ten_thousand_junk_requests_add_no_series(capfire: CaptureLogfire) -> None:
+    # What a scanner sends: random paths (any characters, any depth) and random methods. Unsampled,
+    # to keep the test quick: metrics do not depend on sampling.
+    rng = random.Random(20261123)  # noqa: S311 (reproducible test data, not a secret)
+    alphabet = string.ascii_letters + string.digits + "-._~%!$&'()*+,;=:@"
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+
+    def junk_path() -> str:
+        depth = rng.randint(1, 6)
+        return "/" + "/".join(
+            "".join(rng.choices(alphabet, k=rng.randint(1, 24))) for _ in range(depth)
+        )
+
+    def junk_method() -> str:
+        if rng.random() < 0.2:  # never the same unknown method twice
+            return "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 12)))
+        return rng.choice(methods)
+
+    app = create_app(make_settings(logfire_trace_sample_rate=0.0))
+    with TestClient(app) as client:
+        # One of each method label first: the series a scanner can ever reach.
+        asyncio.run(send_raw(app, [(m, "/no/such/path") for m in [*methods, "BREW"]]))
+        before = series(client)
+
+        requests = [(junk_method(), junk_path()) for _ in range(10_000)]
+        statuses = asyncio.run(send_raw(app, requests))
+        after = series(client)
+        unmatched = sum(
+            s.value
+            for s in samples(client)
+            if s.name == f"{DURATION}_count" and s.labels["http_route"] == "unmatched"
+        )
+
+    assert set(statuses) <= {404, 405}, "a junk path matched a real route"
+    assert after == before
+    assert unmatched == 10_000 + len(methods) + 1

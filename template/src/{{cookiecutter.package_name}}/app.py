@@ -18,7 +18,7 @@ from .db import Database
 {%- endif %}
 from .settings import Settings
 from .telemetry import configure_telemetry
-from .telemetry.metrics import HttpMetrics{% if not cookiecutter.metrics_separate_port %}, metrics_endpoint{% endif %}
+from .telemetry.metrics import HttpMetrics, {% if not cookiecutter.metrics_separate_port %}metrics_endpoint, {% endif %}multiprocess_dir
 from .telemetry.middleware import TelemetryMiddleware
 from .telemetry.tenant import TenantHeaders
 
@@ -41,8 +41,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- endif %}
 {%- if cookiecutter.metrics_separate_port %}
     metrics: HttpMetrics = app.state.metrics
-    metrics_server, _ = start_http_server(
-        settings.metrics_port, addr=settings.host, registry=metrics.registry
+    # Under gunicorn (multiprocess mode) the master serves the merged metrics of all workers on
+    # METRICS_PORT (gunicorn.conf.py): a worker must not take the port.
+    metrics_server = (
+        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)[0]
+        if metrics.multiprocess_dir is None
+        else None
     )
 {%- endif %}
     app.state.ready = True
@@ -56,8 +60,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.dispose()
 {%- endif %}
 {%- if cookiecutter.metrics_separate_port %}
-        metrics_server.shutdown()
-        metrics_server.server_close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
 {%- endif %}
         # uvicorn re-raises SIGTERM once shutdown is done, so atexit hooks never run: without this
         # flush the last spans, logs and metrics would be lost. Bounded: the collector may be down.
@@ -77,7 +82,11 @@ def create_app(
         additional_span_processors=additional_span_processors,
         metric_readers=metric_readers,
     )
-    metrics = HttpMetrics(CollectorRegistry(), max_accounts=settings.tenant_metrics_max_accounts)
+    metrics = HttpMetrics(
+        CollectorRegistry(),
+        max_accounts=settings.tenant_metrics_max_accounts,
+        multiprocess_dir=multiprocess_dir(),
+    )
 
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
@@ -107,7 +116,7 @@ def create_app(
 {%- endif %}
 {%- if not cookiecutter.metrics_separate_port %}
     # A plain route, not a mount: a mounted ASGI app answers /metrics with a 307 to /metrics/.
-    app.add_route("/metrics", metrics_endpoint(metrics.registry), include_in_schema=False)
+    app.add_route("/metrics", metrics_endpoint(metrics), include_in_schema=False)
 {%- endif %}
     app.add_middleware(
         TelemetryMiddleware,

@@ -1,11 +1,23 @@
-"""Prometheus RED metrics, in a registry owned by the app (not prometheus-client's global one)."""
+"""Prometheus RED metrics, in a registry owned by the app (not prometheus-client's global one).
+
+Two modes, chosen once at startup (nothing changes per request):
+- one process (the default: one uvicorn per container, scale by replicas): values live in memory,
+  /metrics serves the app's registry, the duration histogram carries exemplars;
+- several worker processes (gunicorn, see gunicorn.conf.py): PROMETHEUS_MULTIPROC_DIR is set, every
+  process writes its values to files there, and each scrape merges all of them. prometheus-client
+  drops exemplars in this mode, and per-process metrics (process_cpu_seconds_total, ...) are left
+  out: one scrape reaches one worker, so they would describe a different process each time.
+"""
 
 from __future__ import annotations
 
+import gzip
+import os
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,6 +29,15 @@ KNOWN_METHODS = frozenset(
 UNMATCHED_ROUTE = "unmatched"
 
 
+def multiprocess_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR from the process environment (not `.env`).
+
+    prometheus-client reads the variable itself when it is first imported and from then on keeps
+    every value in files there, so only the real environment can switch the mode.
+    """
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class HttpMetrics:
     """The service's Prometheus metrics.
 
@@ -24,8 +45,15 @@ class HttpMetrics:
     build a tuple each time, and the set of routes, methods and statuses is small.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, max_accounts: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        max_accounts: int,
+        multiprocess_dir: str | None = None,
+    ) -> None:
         self.registry = registry
+        self.multiprocess_dir = multiprocess_dir
         self.duration = Histogram(
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests.",
@@ -38,6 +66,9 @@ class HttpMetrics:
             "Number of HTTP server requests in progress.",
             ["http_request_method"],
             registry=registry,
+            # Across worker processes: the sum over the live ones. A worker that dies mid-request
+            # leaves its count behind until gunicorn's child_exit hook removes its file.
+            multiprocess_mode="livesum",
         )
         self.tenant_requests = Counter(
             "tenant_requests",
@@ -51,7 +82,8 @@ class HttpMetrics:
             ["header"],
             registry=registry,
         )
-        ProcessCollector(registry=registry)
+        if multiprocess_dir is None:
+            ProcessCollector(registry=registry)
         self._max_accounts = max_accounts
         self._accounts: set[str] = set()
         self._duration_children: dict[tuple[str, str, str], Histogram] = {}
@@ -92,11 +124,28 @@ class HttpMetrics:
         child.inc()
 
 
-def metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
-    """An endpoint serving `registry`; OpenMetrics (with exemplars) when the scraper asks for it."""
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """A registry that merges the values every worker process wrote to `path`, at collect time."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry
 
-    async def metrics(request: Request) -> Response:
+
+def metrics_endpoint(metrics: HttpMetrics) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint serving the service's metrics.
+
+    OpenMetrics (with exemplars) when the scraper asks for it, gzip when it accepts it (Prometheus
+    does both). In multiprocess mode every scrape gets a fresh registry over all workers' files.
+    """
+    registry, path = metrics.registry, metrics.multiprocess_dir
+
+    async def endpoint(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(registry), headers={"Content-Type": content_type})
+        body = encoder(registry if path is None else multiprocess_registry(path))
+        headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
+        if gzip_accepted(request.headers.get("accept-encoding", "")):
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, headers=headers)
 
-    return metrics
+    return endpoint
