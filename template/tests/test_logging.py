@@ -51,6 +51,24 @@ def test_production_writes_one_json_object_per_line(
     assert "timestamp" in event
 
 
+{% if cookiecutter.with_loguru -%}
+def test_production_json_includes_loguru_records(
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loguru import logger as loguru_logger
+
+    create_app(
+        make_settings(environment="production"),
+        additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
+    )
+    loguru_logger.bind(order_id=7).warning("order.delayed")
+
+    [line] = [e for e in json_lines(capsys.readouterr().out) if e["message"] == "order.delayed"]
+    assert line["level"] == "warning"
+    assert line["order_id"] == 7
+
+
+{% endif -%}
 def test_production_logs_unsampled_requests_too(
     capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
 ) -> None:
