@@ -49,6 +49,7 @@ COMMON_TARGETS = {
     "install",
     "dev",
     "run",
+    "run-prod",
     "test",
     "lint",
     "format",
@@ -689,7 +690,7 @@ def test_make_check_and_the_readme_quick_start_run_for_real(
 ) -> None:
     """In the synced default project: `make lint typecheck test` runs, every command of the README's
     quick start works as written (commands `make` already ran are not repeated), and each way the
-    README and `make dev` start the server answers 200 on every URL the README lists."""
+    README, `make dev` and `make run-prod` start the server answers 200 on every URL it lists."""
     if project.name != "default":
         pytest.skip("the variant matrix runs ruff, mypy and pytest for the other checked variants")
     env = project_env("copier", "default")
@@ -725,13 +726,15 @@ def test_make_check_and_the_readme_quick_start_run_for_real(
     http_port = str(project.answers["http_port"])
     started: list[tuple[str, int, ServiceProcess]] = []
     try:
-        for command in [*servers, f"uv run {factory.group(1)}", "make dev"]:
+        for command in [*servers, f"uv run {factory.group(1)}", "make dev", "make run-prod"]:
             port = free_port()
             if command.startswith("uv run uvicorn"):
                 command += f" --host 127.0.0.1 --port {port}"
             if command == "make dev":
                 command += f" DEV_PORT={port}"
             run_env = service_env(env.env(), port=port, environment="development")
+            if command == "make run-prod":
+                run_env["WEB_CONCURRENCY"] = "2"
             service = ServiceProcess(["bash", "-c", command], cwd=env.root, env=run_env, port=port)
             started.append((command, port, service.start()))
         for command, port, service in started:
