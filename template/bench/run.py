@@ -240,7 +240,8 @@ def run_wrk(url: str, seconds: float, connections: int) -> Load:
     if done is None or "50" not in latency or "99" not in latency:
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: .*", out)
+    # e.g. "Socket errors: connect 0, read 0, write 0, timeout 3" (timeouts: answers over 2 s)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
     requests = int(done.group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     return Load(
@@ -249,7 +250,8 @@ def run_wrk(url: str, seconds: float, connections: int) -> Load:
         rps=rps,
         p50_ms=latency["50"],
         p99_ms=latency["99"],
-        errors=(int(errors.group(1)) if errors else 0) + (1 if socket_errors else 0),
+        errors=(int(errors.group(1)) if errors else 0)
+        + (sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1))) if socket_errors else 0),
     )
 
 
