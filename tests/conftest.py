@@ -46,7 +46,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     if not getattr(config.option, "loadgroup", False):
         return
-    from _pytest.nodeid import NodeId
+    try:
+        from _pytest.nodeid import NodeId  # pytest >= 9.2; older pytest reads `_nodeid` as xdist expects
+    except ImportError:
+        return
 
     for item in items:
         groups = {
