@@ -391,3 +391,26 @@ def test_cookiecutter_fails_on_undefined_variable(template_snapshot: Path, tmp_p
     result = _cli("cookiecutter", "--no-input", "-o", str(tmp_path / "out"), str(repo), cwd=tmp_path)
     assert result.returncode != 0
     assert "no_such_answer" in result.stdout + result.stderr
+
+
+def test_cookiecutter_refuses_a_non_boolean_flag(cookies: Any, template_snapshot: Path) -> None:
+    baked = cookies.bake(extra_context={"with_httpx": "maybe"}, template=str(template_snapshot))
+    assert baked.exception is not None and "with_httpx" in str(baked.exception)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="copier's cast_to_bool turns any non-empty unknown text into True before a validator "
+    "can see it (`-d with_httpx=maybe` enables httpx); cookiecutter refuses it",
+)
+def test_copier_refuses_a_non_boolean_flag(template_snapshot: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="with_httpx"):
+        copier.run_copy(
+            str(template_snapshot),
+            str(tmp_path / "out"),
+            data={"with_httpx": "maybe"},
+            defaults=True,
+            unsafe=False,
+            vcs_ref="HEAD",
+            quiet=True,
+        )
