@@ -107,6 +107,13 @@ def locked_project(
     return copy
 
 
+@pytest.fixture
+def default_project(generated: Callable[[str, str], Path]) -> Project:
+    """The default variant alone, for the checks that are run once (real runs, mutations)."""
+    path = generated("copier", "default")
+    return Project("default", path, _answers(path))
+
+
 def run(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
@@ -335,17 +342,18 @@ def world_readable_tmp() -> Iterator[Path]:
 
 @pytest.mark.slow
 def test_image_command_serves_healthz_as_non_root_from_a_read_only_install(
-    project: Project, locked_project: Path, world_readable_tmp: Path
+    default_project: Project,
+    project_env: Callable[[str, str], ProjectEnv],
+    world_readable_tmp: Path,
 ) -> None:
     """The builder's uv commands and the runtime's ENV/USER/CMD/HEALTHCHECK, without Docker.
 
     The build context is taken from a synced working copy (with .venv and caches in it), so a
     .dockerignore that let too little or too much through would show here.
     """
-    if project.name != "default":
-        pytest.skip(
-            "one image run stands for all variants (their Dockerfiles differ only in ports and Python)"
-        )
+    # One run stands for all variants: their Dockerfiles differ only in ports and Python version.
+    project = default_project
+    synced = project_env("copier", "default").root
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to start the service as uid 10001")
     python = Path(f"/usr/bin/python{project.answers['python_version']}")
@@ -354,7 +362,7 @@ def test_image_command_serves_healthz_as_non_root_from_a_read_only_install(
     runtime = dockerfile_stages(project)[-1]
     context = world_readable_tmp / "context"
     app = world_readable_tmp / "app"
-    build_context_copy(project, locked_project, context)
+    build_context_copy(project, synced, context)
     assert not (context / ".venv").exists()
     build_env = {
         **os.environ,
@@ -479,10 +487,9 @@ def test_workflow_builds_and_smoke_tests_the_image(project: Project) -> None:
     assert f"127.0.0.1:{project.answers['http_port']}/readyz" in commands
 
 
-def test_the_linters_are_not_vacuous(generated: Callable[[str, str], Path], tmp_path: Path) -> None:
+def test_the_linters_are_not_vacuous(default_project: Project, tmp_path: Path) -> None:
     """Each linter, fed the generated file with one typical mistake, fails (so a pass means something)."""
-    path = generated("copier", "default")
-    project = Project("default", path, _answers(path))
+    project = default_project
     dockerfile = project.read("Dockerfile").replace("USER 10001:10001", "USER root")
     dockerfile = dockerfile.replace("WORKDIR /app\n", "WORKDIR /app\nRUN apt-get install gcc\n", 1)
     (tmp_path / "Dockerfile").write_text(dockerfile)
@@ -686,13 +693,13 @@ def served_urls(section: str) -> list[str]:
 
 @pytest.mark.slow
 def test_make_check_and_the_readme_quick_start_run_for_real(
-    project: Project, project_env: Callable[[str, str], ProjectEnv]
+    default_project: Project, project_env: Callable[[str, str], ProjectEnv]
 ) -> None:
     """In the synced default project: `make lint typecheck test` runs, every command of the README's
     quick start works as written (commands `make` already ran are not repeated), and each way the
     README, `make dev` and `make run-prod` start the server answers 200 on every URL it lists."""
-    if project.name != "default":
-        pytest.skip("the variant matrix runs ruff, mypy and pytest for the other checked variants")
+    # Once: the variant matrix runs ruff, mypy and pytest for the other checked variants.
+    project = default_project
     env = project_env("copier", "default")
     # The environment is synced already and shared with other tests: `uv run` uses it as it is,
     # ruff and pytest leave no caches behind (mypy shares its cache: it writes it atomically).
