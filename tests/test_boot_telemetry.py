@@ -301,7 +301,8 @@ def test_cookiecutter_output_boots_too(project_env: Callable[[str, str], Project
     project = project_env("cookiecutter", "default")
     with OtlpReceiver() as receiver:
         port = free_port()
-        env = service_env(project.env(), port=port, otlp_endpoint=receiver.endpoint)
+        # Hosting platforms set WEB_CONCURRENCY; the console script must still start one process.
+        env = service_env(project.env(), port=port, otlp_endpoint=receiver.endpoint, WEB_CONCURRENCY="4")
         with ServiceProcess([str(console_script(project))], cwd=project.root, env=env, port=port) as service:
             service.wait_ready()
             response = httpx.get(service.url + "/items/1", headers=as_headers(tenant(1)), timeout=10)
