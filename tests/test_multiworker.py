@@ -284,3 +284,6 @@ def test_without_child_exit_a_killed_workers_requests_stay_in_progress(
     stuck = [value(run.scrape(), ACTIVE, http_request_method="GET") for _ in range(4)]
     assert stuck == [victim_held] * 4
     assert run.service.stop().returncode == 0
+    print(
+        f"\nmultiworker control (no child_exit): killed {victim} holding {victim_held}; gauge stays {stuck}"
+    )
