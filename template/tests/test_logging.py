@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +17,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from conftest import TENANT_ATTRIBUTES, TENANT_HEADERS, make_settings, server_spans
 from {{ cookiecutter.package_name }}.app import create_app
-from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging
+from {{ cookiecutter.package_name }}.telemetry.logs import (
+    JsonFormatter,
+    JsonLinesHandler,
+    configure_logging,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +35,13 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def stdout(capsys: pytest.CaptureFixture[str]) -> str:
+    """What reached stdout, once the JSON lines handler has written what it buffered."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return capsys.readouterr().out
+
+
 def test_production_writes_one_json_object_per_line(
     capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -38,7 +52,7 @@ def test_production_writes_one_json_object_per_line(
     with TestClient(app) as client:
         client.get("/items/3", headers=TENANT_HEADERS)
 
-    out = capsys.readouterr().out
+    out = stdout(capsys)
     assert all(line.startswith("{") for line in out.splitlines())
     [event] = [line for line in json_lines(out) if line["message"] == "item.fetched"]
     [span] = server_spans(capfire)
@@ -63,7 +77,7 @@ def test_production_json_includes_loguru_records(
     )
     loguru_logger.bind(order_id=7).warning("order.delayed")
 
-    [line] = [e for e in json_lines(capsys.readouterr().out) if e["message"] == "order.delayed"]
+    [line] = [e for e in json_lines(stdout(capsys)) if e["message"] == "order.delayed"]
     assert line["level"] == "warning"
     assert line["order_id"] == 7
 
@@ -79,7 +93,7 @@ def test_production_logs_unsampled_requests_too(
     with TestClient(app) as client:
         client.get("/items/1", headers=TENANT_HEADERS)
 
-    [event] = [e for e in json_lines(capsys.readouterr().out) if e["message"] == "item.fetched"]
+    [event] = [e for e in json_lines(stdout(capsys)) if e["message"] == "item.fetched"]
     assert len(event["trace_id"]) == 32
     assert event["account_id"] == "acct-42"
     assert server_spans(capfire) == []
@@ -95,7 +109,7 @@ def test_production_level_defaults_to_info(
     logging.getLogger("tests").debug("debug.hidden")
     logging.getLogger("tests").info("info.shown")
 
-    messages = [e["message"] for e in json_lines(capsys.readouterr().out)]
+    messages = [e["message"] for e in json_lines(stdout(capsys))]
     assert "info.shown" in messages
     assert "debug.hidden" not in messages
 
@@ -110,7 +124,7 @@ def test_log_level_setting_applies(
     logging.getLogger("tests").info("info.hidden")
     logging.getLogger("tests").warning("warning.shown")
 
-    lines = json_lines(capsys.readouterr().out)
+    lines = json_lines(stdout(capsys))
     assert [e["message"] for e in lines if e["logger"] == "tests"] == ["warning.shown"]
 
 
@@ -124,7 +138,7 @@ def test_development_console_is_readable(
     with TestClient(app) as client:
         client.get("/items/1")
 
-    out = capsys.readouterr().out
+    out = stdout(capsys)
     assert "item.fetched" in out
     assert "GET /items/1" in out
     assert json_lines(out) == []
@@ -142,6 +156,95 @@ def test_json_lines_redact_credential_extras(
         extra={"password": "hunter2", "api_key": "k-123", "user_token": "t-1", "user": "ann"},
     )
 
-    [line] = [e for e in json_lines(capsys.readouterr().out) if e["message"] == "login.attempted"]
+    [line] = [e for e in json_lines(stdout(capsys)) if e["message"] == "login.attempted"]
     assert line["user"] == "ann"
     assert line["password"] == line["api_key"] == line["user_token"] == "[redacted]"
+
+
+class _Unserialisable:
+    def __str__(self) -> str:
+        return "custom"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"item_id": 3, "label": 'ünïcode "quoted"\n', "big": 10**30, "negative": -1},
+        {"flag": True, "ratio": 0.5, "missing": None, "nested": {"a": [1, "b"]}},
+        {"obj": _Unserialisable(), "password": "hunter2", "timestamp": "not mine"},
+    ],
+)
+def test_json_line_is_exactly_what_json_dumps_writes(extra: dict[str, Any]) -> None:
+    # The formatter writes the fixed fields itself: the line must still be json.dumps's.
+    record = logging.getLogger("tests").makeRecord(
+        "tests", logging.WARNING, __file__, 1, "event.%s", ("named",), None, extra=extra
+    )
+    line = JsonFormatter().format(record)
+
+    decoded = json.loads(line)
+    assert line == json.dumps(decoded, default=str)
+    assert list(decoded)[:4] == ["timestamp", "level", "logger", "message"]
+    assert decoded["message"] == "event.named"
+    assert decoded["timestamp"] != "not mine"
+    for key, value in extra.items():
+        if key == "password":
+            assert decoded[key] == "[redacted]"
+        elif key != "timestamp":
+            assert decoded[key] == json.loads(json.dumps(value, default=str))
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.getLogger("tests").makeRecord(
+        "tests", logging.INFO, __file__, 1, message, (), None
+    )
+
+
+def test_json_lines_reach_the_stream_on_their_own() -> None:
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream, flush_interval=0.01)
+    handler.setFormatter(JsonFormatter())
+    handler.handle(_record("buffered.line"))
+
+    deadline = time.monotonic() + 10
+    while "buffered.line" not in stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    handler.close()
+    assert [e["message"] for e in json_lines(stream.getvalue())] == ["buffered.line"]
+
+
+def test_closing_the_json_lines_handler_writes_everything() -> None:
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream, flush_interval=3600, max_pending=10**6)
+    handler.setFormatter(JsonFormatter())
+    for n in range(5):
+        handler.handle(_record(f"line.{n}"))
+    handler.close()
+
+    assert stream.getvalue().endswith("\n")
+    assert [e["message"] for e in json_lines(stream.getvalue())] == [f"line.{n}" for n in range(5)]
+
+
+def test_json_lines_from_many_threads_stay_whole_and_none_is_lost() -> None:
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream, flush_interval=0.001, max_pending=7)
+    handler.setFormatter(JsonFormatter())
+
+    def log_some(thread: int) -> None:
+        for n in range(500):
+            handler.handle(_record(f"thread.{thread}.{n}"))
+
+    threads = [threading.Thread(target=log_some, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handler.close()
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 8 * 500
+    messages = [json.loads(line)["message"] for line in lines]
+    assert sorted(messages) == sorted(f"thread.{t}.{n}" for t in range(8) for n in range(500))
+    for t in range(8):  # each thread's lines keep their order
+        mine = [m for m in messages if m.startswith(f"thread.{t}.")]
+        assert mine == [f"thread.{t}.{n}" for n in range(500)]

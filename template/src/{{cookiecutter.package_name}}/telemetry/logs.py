@@ -4,7 +4,8 @@ One pipeline: {% if cookiecutter.with_loguru %}loguru records are forwarded to s
 - a Logfire handler: records become Logfire logs (with trace context and tenant attributes) when
   their trace is sampled;
 - in production only, a stdout handler writing one JSON object per line for EVERY record at or
-  above LOG_LEVEL, sampled or not, with trace_id/span_id and the tenant ids.
+  above LOG_LEVEL, sampled or not, with trace_id/span_id and the tenant ids (in batches, at most
+  FLUSH_INTERVAL_SECONDS late).
 In development Logfire's console prints the same records readably.
 """
 
@@ -12,10 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+import weakref
+from json.encoder import encode_basestring_ascii
+from typing import TYPE_CHECKING, TextIO
 
 import logfire
 {%- if cookiecutter.with_loguru %}
@@ -63,8 +68,10 @@ def _is_secret_key(key: str) -> bool:
     return secret
 
 
-# One encoder for every line: `json.dumps(..., default=str)` would build a new one per record.
+# One encoder for the extras: `json.dumps(..., default=str)` would build a new one per record.
 _encode_json = json.JSONEncoder(default=str).encode
+# What `json.dumps` uses for strings (C): the fixed fields are quoted with it directly.
+_quote = encode_basestring_ascii
 _second_cache: tuple[int, str] = (-1, "")
 
 
@@ -87,27 +94,160 @@ def _utc_timestamp(created: float) -> str:
     return f"{prefix}.{micros // 1000:03d}+00:00"
 
 
+# Fields written before the extras: an extra with one of these names is left out.
+_HEAD_FIELDS = frozenset({"timestamp", "level", "logger"})
+_HEAD_FIELDS_IN_TRACE = _HEAD_FIELDS | {"trace_id", "span_id"}
+# Extra values written as `str(value)` (quoted if a string) exactly as the encoder would: exact
+# types only (an IntEnum or a str subclass goes to the encoder).
+_SCALARS = frozenset({str, int})
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, trace ids, tenant ids, extras."""
+    """One JSON object per record: time, level, logger, message, trace ids, tenant ids, extras.
+
+    Writes the fixed fields itself and leaves only the extras to the JSON encoder: the same bytes
+    as encoding the whole dict with `json.dumps`, in about a third of the time (bench/run.py).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "timestamp": _utc_timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        line = (
+            '{"timestamp": "'  # (not an f-string: its doubled brace would be Jinja's)
+            f'{_utc_timestamp(record.created)}", '
+            f'"level": {_quote(record.levelname.lower())}, '
+            f'"logger": {_quote(record.name)}, '
+            f'"message": {_quote(record.getMessage())}'
+        )
+        taken = _HEAD_FIELDS
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
-            line["trace_id"] = format(span_context.trace_id, "032x")
-            line["span_id"] = format(span_context.span_id, "016x")
-        line.update(current_tenant())
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES and key not in line:
-                line[key] = REDACTED if _is_secret_key(key) else value
+            line += (
+                f', "trace_id": "{span_context.trace_id:032x}"'
+                f', "span_id": "{span_context.span_id:016x}"'
+            )
+            taken = _HEAD_FIELDS_IN_TRACE
+        tenant = current_tenant()
+        for key, value in tenant.items():
+            line += f", {_quote(key)}: {_quote(value)}"
+        extras = {
+            key: REDACTED if _is_secret_key(key) else value
+            for key, value in record.__dict__.items()
+            if key not in _RECORD_ATTRIBUTES and key not in taken and key not in tenant
+        }
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return _encode_json(line)
+            extras["exception"] = self.formatException(record.exc_info)
+        if not extras:
+            return line + "}"
+        if all(type(value) in _SCALARS for value in extras.values()):
+            # Strings and ints (the usual extras) without the encoder's per-call setup.
+            for key, value in extras.items():
+                line += f", {_quote(key)}: {_quote(value) if type(value) is str else value}"
+            return line + "}"
+        return f"{line}, {_encode_json(extras)[1:]}"
+
+
+# How often buffered JSON lines reach stdout, and how many may wait. This is the most a crash
+# (SIGKILL, OOM kill) can lose; a normal exit or SIGTERM flushes everything (`logging.shutdown`).
+FLUSH_INTERVAL_SECONDS = 0.2
+MAX_PENDING_LINES = 256
+
+
+class JsonLinesHandler(logging.Handler):
+    """Writes formatted records to a stream in batches: one write every FLUSH_INTERVAL_SECONDS.
+
+    `logging.StreamHandler` takes a lock, writes and flushes for every record, and with
+    PYTHONUNBUFFERED (set in the container image) every line is a `write` system call: that was a
+    third of this handler's cost. Here a record is formatted and appended to a list; a daemon
+    thread (or the record that fills MAX_PENDING_LINES) writes the lines, whole, in one call.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        flush_interval: float = FLUSH_INTERVAL_SECONDS,
+        max_pending: int = MAX_PENDING_LINES,
+    ) -> None:
+        super().__init__()
+        self.stream = stream
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self._pending: list[str] = []
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._flusher: threading.Thread | None = None
+        _BATCHING_HANDLERS.add(self)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """`Handler.handle` without the handler lock: only the list append needs one."""
+        if self.filters and not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - logging must not raise into the caller
+            self.handleError(record)
+            return
+        with self._pending_lock:
+            self._pending.append(line)
+            pending = len(self._pending)
+        if self._flusher is None:
+            self._start_flusher()
+        elif pending >= self.max_pending:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._write_lock:
+            with self._pending_lock:
+                lines, self._pending = self._pending, []
+            if not lines:
+                return
+            lines.append("")
+            try:
+                self.stream.write("\n".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):
+                # stdout closed or gone (broken pipe): nothing left to write the lines to.
+                pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+    def _start_flusher(self) -> None:
+        with self._pending_lock:
+            if self._flusher is not None:
+                return
+            self._flusher = threading.Thread(
+                target=self._flush_periodically, name="json-log-flusher", daemon=True
+            )
+        self._flusher.start()
+
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(self.flush_interval):
+            self.flush()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent writes the lines it buffered; the child has no flusher thread yet.
+        self._pending = []
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._flusher = None
+
+
+_BATCHING_HANDLERS: weakref.WeakSet[JsonLinesHandler] = weakref.WeakSet()
+
+
+def _reset_handlers_after_fork() -> None:
+    for handler in list(_BATCHING_HANDLERS):
+        handler._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_handlers_after_fork)
 
 
 class SampledTracesOnly(logging.Filter):
@@ -127,6 +267,7 @@ def configure_logging(settings: Settings) -> None:
     for handler in list(root.handlers):
         if getattr(handler, _OWNED, False):
             root.removeHandler(handler)
+            handler.close()
     root.setLevel(settings.effective_log_level.upper())
     # httpx (and its successor httpx2) log every request at INFO with its full URL, query-string
     # secrets included.
@@ -140,7 +281,7 @@ def configure_logging(settings: Settings) -> None:
     to_logfire.addFilter(SampledTracesOnly())
     handlers: list[logging.Handler] = [to_logfire]
     if settings.environment == "production":
-        to_stdout = logging.StreamHandler(sys.stdout)
+        to_stdout = JsonLinesHandler(sys.stdout)
         to_stdout.setFormatter(JsonFormatter())
         handlers.append(to_stdout)
     for handler in handlers:
