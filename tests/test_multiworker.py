@@ -36,6 +36,7 @@ REQUESTS = 200
 HOLDS = 6
 COUNT = "http_server_request_duration_seconds_count"
 ACTIVE = "http_server_active_requests"
+CLOSE = {"Connection": "close"}  # a new connection per request, so that any worker may take it
 
 WRAPPER = '''\
 """Test-only app: the generated service plus a route that holds requests until released."""
@@ -92,10 +93,15 @@ class Gunicorn:
                 raise AssertionError(f"no {what} after {timeout}s: {self.service.describe()}")
             time.sleep(0.05)
 
-    def ready(self, pid: int) -> bool:
-        """The worker has run the app's startup (uvicorn logs it through gunicorn's error log)."""
-        stdout, stderr = self.service.output()
-        return f"[{pid}] [INFO] Application startup complete" in stdout + stderr
+    def serving(self, pids: set[int]) -> bool:
+        """Whether each of `pids` has answered a request (a 404 on a fresh connection, not counted below).
+
+        Read from the workers' own files rather than from their logs, whose format the service owns.
+        """
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda _: httpx.get(self.url + "/items/0", headers=CLOSE, timeout=30), range(4)))
+        answered = self.per_worker("histogram", COUNT, http_response_status_code="404")
+        return all(answered.get(pid, 0) > 0 for pid in pids)
 
     def per_worker(self, kind: str, name: str, **labels: str) -> dict[int, float]:
         """`name`'s value in each process's own file (`kind` is counter, histogram, gauge_livesum)."""
@@ -112,7 +118,7 @@ class Gunicorn:
 
     def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         # A new connection each time, so that any worker may answer.
-        response = httpx.get(self.url + "/metrics", headers={"Connection": "close"}, timeout=10)
+        response = httpx.get(self.url + "/metrics", headers=CLOSE, timeout=10)
         assert response.status_code == 200, response.text
         return {
             (sample.name, frozenset(sample.labels.items())): sample.value
@@ -168,7 +174,7 @@ def start_gunicorn(
         service.start()
         service.wait_ready(timeout=120)
         run = Gunicorn(service, multiproc_dir, release)
-        run.wait(lambda: len(run.workers()) == 2 and all(map(run.ready, run.workers())), "2 ready workers")
+        run.wait(lambda: len(run.workers()) == 2 and run.serving(set(run.workers())), "2 serving workers")
         return run
 
     yield start
@@ -181,7 +187,7 @@ def hold_requests(run: Gunicorn, pool: ThreadPoolExecutor) -> list[Future[int]]:
 
     def one() -> int:
         try:
-            return httpx.get(run.url + "/mw/hold", headers={"Connection": "close"}, timeout=120).status_code
+            return httpx.get(run.url + "/mw/hold", headers=CLOSE, timeout=120).status_code
         except httpx.TransportError:
             return -1  # its worker was killed
 
@@ -204,7 +210,7 @@ def kill_a_busy_worker(run: Gunicorn) -> tuple[int, int]:
         lambda: (
             victim not in run.workers()
             and len(run.workers()) == 2
-            and all(map(run.ready, set(run.workers()) - before))
+            and run.serving(set(run.workers()) - before)
         ),
         "replacement worker",
     )
@@ -220,13 +226,15 @@ def test_totals_are_exact_across_workers_and_a_killed_worker_is_cleaned_up(
 
     # N requests, each on a fresh connection, a few at a time: the kernel hands them to both workers.
     def item(_: int) -> int:
-        return httpx.get(run.url + "/items/1", headers={"Connection": "close"}, timeout=30).status_code
+        return httpx.get(run.url + "/items/1", headers=CLOSE, timeout=30).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(item, range(REQUESTS)))
     assert statuses == [200] * REQUESTS
 
-    served = run.per_worker("histogram", COUNT, http_route="/items/{item_id}")
+    served = run.per_worker(
+        "histogram", COUNT, http_route="/items/{item_id}", http_response_status_code="200"
+    )
     assert set(served) == set(workers), f"each worker writes its own file: {served}"
     assert all(count > 0 for count in served.values()), f"both workers served requests: {served}"
     assert sum(served.values()) == REQUESTS
