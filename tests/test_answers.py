@@ -270,31 +270,7 @@ def test_shell_metacharacters_never_reach_a_shell(generated: Generated, variant:
             assert not [token for token in hostile if token in line], f"{relative}:{number}: {line}"
 
 
-# Template bugs these answers expose (the service's own files, not the answers' validators):
-# - src/<pkg>/__init__.py, __main__.py and app.py put the name, slug, package and description on one
-#   line each, so long (but valid) answers exceed the project's 100-character line length (E501);
-# - the generated tests import `conftest` and `<pkg>` in one isort section, so a package name that
-#   sorts before "conftest" (cafe_omega, class_import_2, billing, ...) fails ruff's I001.
-# Strict: once the template is fixed these pass, and the marks must go.
-_LONG_LINES = "template bug: name/description rendered on one line exceed line-length 100 (E501)"
-_IMPORT_ORDER = "template bug: tests' `conftest` vs `<pkg>` import order depends on the package name (I001)"
-RUFF_KNOWN_BUGS = {
-    "hostile_long": _LONG_LINES,
-    "hostile_shell": _LONG_LINES,
-    "hostile_unicode": _IMPORT_ORDER,
-    "hostile_digits_keywords": _IMPORT_ORDER,
-}
-
-
-@pytest.mark.parametrize(
-    "variant",
-    [
-        pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=RUFF_KNOWN_BUGS[name])])
-        if name in RUFF_KNOWN_BUGS
-        else name
-        for name in ACCEPTED
-    ],
-)
+@pytest.mark.parametrize("variant", list(ACCEPTED))
 def test_hostile_answers_pass_ruff(
     generated: Generated, project_env: ProjectEnvFactory, variant: str
 ) -> None:

@@ -6,8 +6,9 @@ from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire, TestExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-from conftest import make_settings, server_spans
 from {{ cookiecutter.package_name }}.app import create_app
+
+from conftest import make_settings, server_spans
 
 
 def test_lifespan_shutdown_flushes_buffered_spans() -> None:

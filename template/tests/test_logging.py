@@ -15,13 +15,14 @@ from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from conftest import TENANT_ATTRIBUTES, TENANT_HEADERS, make_settings, server_spans
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.logs import (
     JsonFormatter,
     JsonLinesHandler,
     configure_logging,
 )
+
+from conftest import TENANT_ATTRIBUTES, TENANT_HEADERS, make_settings, server_spans
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,9 @@ import asyncio
 import gzip
 import random
 import string
-
+{% if cookiecutter.metrics_separate_port %}
 import httpx
+{%- endif %}
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -17,8 +18,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from starlette.types import Message, Scope
 
-from conftest import make_settings, scrape, server_spans
 from {{ cookiecutter.package_name }}.app import create_app
+
+from conftest import make_settings, scrape, server_spans
 
 DURATION = "http_server_request_duration_seconds"
 
@@ -136,16 +138,19 @@ def test_unsampled_requests_are_still_counted(capfire: CaptureLogfire, rate: flo
         assert not any(s.exemplar for s in samples(client))
 
 
-def raw_scrape(client: TestClient, headers: dict[str, str]) -> tuple[httpx.Headers, bytes]:
-    """GET /metrics and return the body as it came over the wire (not decompressed)."""
+def raw_scrape(client: TestClient, headers: dict[str, str]) -> tuple[dict[str, str], bytes]:
+    """GET /metrics: response headers (lower-case names) and the body as sent (not decompressed).
+
+    A plain dict: TestClient is built on httpx or, when a dependency pulls it in, on httpx2.
+    """
 {%- if cookiecutter.metrics_separate_port %}
     port = client.app.state.settings.metrics_port  # type: ignore[attr-defined]
     with httpx.stream("GET", f"http://127.0.0.1:{port}/metrics", headers=headers) as response:
-        return response.headers, b"".join(response.iter_raw())
+        return dict(response.headers), b"".join(response.iter_raw())
 {%- else %}
     with client.stream("GET", "/metrics", headers=headers, follow_redirects=False) as response:
         assert response.status_code == 200
-        return response.headers, b"".join(response.iter_raw())
+        return dict(response.headers), b"".join(response.iter_raw())
 {%- endif %}
 
 

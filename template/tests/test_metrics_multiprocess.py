@@ -28,9 +28,10 @@ from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from conftest import make_settings
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.metrics import HttpMetrics{% if cookiecutter.metrics_separate_port %}, multiprocess_registry{% endif %}
+
+from conftest import make_settings
 
 COUNT = "http_server_request_duration_seconds_count"
 ROUTE = "/items/{item_id}"

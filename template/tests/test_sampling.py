@@ -7,8 +7,9 @@ from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from conftest import logs_named, make_settings, server_spans
 from {{ cookiecutter.package_name }}.app import create_app
+
+from conftest import logs_named, make_settings, server_spans
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from conftest import make_settings
 from {{ cookiecutter.package_name }}.settings import Settings
+
+from conftest import make_settings
 
 
 @pytest.mark.parametrize(

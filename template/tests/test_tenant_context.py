@@ -124,8 +124,9 @@ def test_invalid_tenant_header_is_dropped_and_counted(
 def test_header_names_are_configurable(capfire: CaptureLogfire) -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from conftest import make_settings
     from {{ cookiecutter.package_name }}.app import create_app
+
+    from conftest import make_settings
 
     app = create_app(
         make_settings(tenant_header_account_id="X-Tenant"),

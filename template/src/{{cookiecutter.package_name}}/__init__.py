@@ -1,4 +1,9 @@
-"""{{ cookiecutter.project_name }}: {{ cookiecutter.description }}"""
+"""{{ cookiecutter.project_name }}.
+{%- if cookiecutter.description %}
+
+{{ cookiecutter.description | wordwrap(96, break_long_words=False) }}
+{%- endif %}
+"""
 {%- if cookiecutter.with_pydantic %}
 
 import logfire

@@ -1,4 +1,8 @@
-"""`{{ cookiecutter.project_slug }}` / `python -m {{ cookiecutter.package_name }}`: serve the app with uvicorn."""
+"""Serve the app with uvicorn.
+
+Runs as the console script `{{ cookiecutter.project_slug }}`
+and as `python -m {{ cookiecutter.package_name }}`.
+"""
 
 from __future__ import annotations
 

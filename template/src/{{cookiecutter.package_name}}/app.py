@@ -90,7 +90,17 @@ def create_app(
 
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
+{%- if cookiecutter.description | length <= 77 %}
         description="{{ cookiecutter.description }}",
+{%- elif cookiecutter.description | length <= 86 %}
+        description=(
+            "{{ cookiecutter.description }}"
+        ),
+{%- else %}
+        description=(
+            "{{ cookiecutter.description | wordwrap(84, break_long_words=False, wrapstring=' "\n            "') }}"
+        ),
+{%- endif %}
         version=__version__,
         lifespan=lifespan,
         # TelemetryMiddleware is the one telemetry layer; FastAPI's own would duplicate its spans.
