@@ -75,6 +75,7 @@ class Gunicorn:
     service: ServiceProcess
     multiproc_dir: Path
     release: Path
+    metrics_url: str
 
     @property
     def url(self) -> str:
@@ -118,7 +119,7 @@ class Gunicorn:
 
     def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         # A new connection each time, so that any worker may answer.
-        response = httpx.get(self.url + "/metrics", headers=CLOSE, timeout=10)
+        response = httpx.get(self.metrics_url, headers=CLOSE, timeout=10)
         assert response.status_code == 200, response.text
         return {
             (sample.name, frozenset(sample.labels.items())): sample.value
@@ -144,12 +145,13 @@ def items_ok(scrape: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> flo
 @pytest.fixture
 def start_gunicorn(
     project_env: Callable[[str, str], ProjectEnv], tmp_path: Path
-) -> Iterator[Callable[[bool], Gunicorn]]:
-    project = project_env("copier", "default")
-    package = yaml.safe_load((project.root / ".copier-answers.yml").read_text())["package_name"]
+) -> Iterator[Callable[..., Gunicorn]]:
     started: list[ServiceProcess] = []
 
-    def start(child_exit: bool = True) -> Gunicorn:
+    def start(child_exit: bool = True, variant: str = "default") -> Gunicorn:
+        project = project_env("copier", variant)
+        answers = yaml.safe_load((project.root / ".copier-answers.yml").read_text())
+        package = answers["package_name"]
         workdir = tmp_path / f"run{len(started)}"
         multiproc_dir = workdir / "prometheus"
         multiproc_dir.mkdir(parents=True)
@@ -161,19 +163,21 @@ def start_gunicorn(
             control.write_text(CONTROL_CONF.format(conf=str(conf)))
             conf = control
         port = free_port()
+        metrics_port = free_port() if answers["metrics_separate_port"] else port
         env = service_env(
             project.env(),
             port=port,
             PYTHONPATH=str(workdir),
             WEB_CONCURRENCY="2",
             PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir),
+            METRICS_PORT=str(metrics_port),
         )
         args = [str(project.venv_bin / "gunicorn"), "-c", str(conf), "mw_app:app"]
         service = ServiceProcess(args, cwd=project.root, env=env, port=port)
         started.append(service)
         service.start()
         service.wait_ready(timeout=120)
-        run = Gunicorn(service, multiproc_dir, release)
+        run = Gunicorn(service, multiproc_dir, release, f"http://127.0.0.1:{metrics_port}/metrics")
         run.wait(lambda: len(run.workers()) == 2 and run.serving(set(run.workers())), "2 serving workers")
         return run
 
@@ -218,7 +222,7 @@ def kill_a_busy_worker(run: Gunicorn) -> tuple[int, int]:
 
 
 def test_totals_are_exact_across_workers_and_a_killed_worker_is_cleaned_up(
-    start_gunicorn: Callable[[bool], Gunicorn],
+    start_gunicorn: Callable[..., Gunicorn],
 ) -> None:
     started = time.monotonic()
     run = start_gunicorn(True)
@@ -276,7 +280,7 @@ def test_totals_are_exact_across_workers_and_a_killed_worker_is_cleaned_up(
 
 
 def test_without_child_exit_a_killed_workers_requests_stay_in_progress(
-    start_gunicorn: Callable[[bool], Gunicorn],
+    start_gunicorn: Callable[..., Gunicorn],
 ) -> None:
     run = start_gunicorn(False)
 
@@ -295,3 +299,27 @@ def test_without_child_exit_a_killed_workers_requests_stay_in_progress(
     print(
         f"\nmultiworker control (no child_exit): killed {victim} holding {victim_held}; gauge stays {stuck}"
     )
+
+
+@pytest.mark.xdist_group("env-copier-all_features")
+def test_with_a_metrics_port_the_master_serves_the_merged_metrics(
+    start_gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """all_features (METRICS_PORT): the workers cannot share that port, gunicorn's master serves it."""
+    run = start_gunicorn(variant="all_features")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(
+            pool.map(
+                lambda _: httpx.get(run.url + "/items/1", headers=CLOSE, timeout=30).status_code, range(50)
+            )
+        )
+    assert statuses == [200] * 50
+
+    assert [items_ok(run.scrape()) for _ in range(4)] == [50] * 4
+    assert httpx.get(run.url + "/metrics", timeout=10).status_code == 404, "metrics leak on the public port"
+    gzipped = httpx.get(run.metrics_url, headers={"Accept-Encoding": "gzip"}, timeout=10)
+    assert gzipped.headers["content-encoding"] == "gzip"
+    stopped = run.service.stop()
+    assert stopped.returncode == 0, str(stopped)
+    assert "Traceback" not in stopped.stdout + stopped.stderr, str(stopped)
