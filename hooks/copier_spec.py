@@ -43,34 +43,20 @@ def _environment() -> SandboxedEnvironment:
     return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
 
 
-def _typed(question: dict[str, Any], value: Any) -> Any:
-    """Cookiecutter hands every non-boolean answer over as text; copier types them."""
-    if question.get("type") == "int":
-        text = str(value).strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-    return value
-
-
-def typed_answers(spec: dict[str, Any], answers: dict[str, Any]) -> dict[str, Any]:
-    return {
-        name: _typed(question, answers[name]) for name, question in questions(spec).items() if name in answers
-    }
+def _answered(spec: dict[str, Any], answers: dict[str, Any]) -> dict[str, Any]:
+    return {name: answers[name] for name in questions(spec) if name in answers}
 
 
 def validation_errors(spec: dict[str, Any], answers: dict[str, Any]) -> list[str]:
     """One message per invalid answer, each naming its question, in question order."""
     env = _environment()
-    context = typed_answers(spec, answers)
+    context = _answered(spec, answers)
     errors: list[str] = []
     for name, question in questions(spec).items():
         if name not in context:
             errors.append(f"question '{name}': no answer given")
             continue
         value = context[name]
-        if question.get("type") == "int" and not isinstance(value, int):
-            errors.append(f"question '{name}': {value!r} is not a whole number")
-            continue
         choices = question.get("choices")
         if choices is not None and str(value) not in [str(choice) for choice in choices]:
             allowed = ", ".join(str(choice) for choice in choices)
@@ -87,7 +73,7 @@ def validation_errors(spec: dict[str, Any], answers: dict[str, Any]) -> list[str
 def excluded_paths(spec: dict[str, Any], answers: dict[str, Any]) -> list[str]:
     """The relative paths that copier's conditional `_exclude` entries leave out for these answers."""
     env = _environment()
-    context = typed_answers(spec, answers)
+    context = _answered(spec, answers)
     paths: list[str] = []
     for entry in spec.get("_exclude", []):
         if "{" not in entry:

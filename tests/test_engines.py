@@ -207,6 +207,19 @@ def test_cookiecutter_json_is_in_sync_with_copier_yml() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_copier_yml_keeps_the_rules_both_engines_need() -> None:
+    """The rules copier.yml's header states; each one broke an engine when ignored."""
+    spec = yaml.safe_load((REPO_DIR / "copier.yml").read_text(encoding="utf-8"))
+    asked = {name: q for name, q in spec.items() if not name.startswith("_") and name != "cookiecutter"}
+    for name, question in asked.items():
+        assert "when" not in question, f"{name}: an unasked answer never reaches cookiecutter.*"
+        assert question.get("type") in ("str", "bool"), f"{name}: copier casts other types unvalidated"
+        assert question.get("help"), f"{name}: every question explains itself"
+        assert not question.get("secret"), f"{name}: secrets are never answers"
+    assert list(spec)[-1] == "cookiecutter", "the namespace question must come last"
+    assert not {"_tasks", "_migrations", "_jinja_extensions"} & set(spec), "these need --trust"
+
+
 def test_cookiecutter_json_drift_is_detected(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(REPO_DIR / "hooks", repo / "hooks", ignore=shutil.ignore_patterns("__pycache__"))
@@ -215,8 +228,8 @@ def test_cookiecutter_json_drift_is_detected(tmp_path: Path) -> None:
     assert _run_generator(repo, "--check").returncode == 0
 
     spec = (repo / "copier.yml").read_text()
-    assert "\n  default: 8000\n" in spec
-    spec = spec.replace("\n  default: 8000\n", "\n  default: 8080\n", 1)
+    assert '\n  default: "8000"\n' in spec
+    spec = spec.replace('\n  default: "8000"\n', '\n  default: "8080"\n', 1)
     spec = spec.replace(
         "\nwith_httpx:",
         "\nwith_extra_flag:\n  type: bool\n  help: A new question\n  default: false\n\nwith_httpx:",
@@ -231,7 +244,7 @@ def test_cookiecutter_json_drift_is_detected(tmp_path: Path) -> None:
     assert _run_generator(repo).returncode == 0
     assert _run_generator(repo, "--check").returncode == 0
     context = json.loads((repo / "cookiecutter.json").read_text())
-    assert context["http_port"] == 8080
+    assert context["http_port"] == "8080"
     assert list(context).index("with_extra_flag") == list(context).index("with_httpx") - 1
     assert context["__prompts__"]["with_extra_flag"] == "A new question"
 
