@@ -6,12 +6,13 @@ cookies plugin (`-p no:cookies`) and its fixtures are re-exported here instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_DIR, engines, variants
+from helpers import REPO_DIR, engines, prometheus, variants
 from helpers.project_env import ProjectEnv, create_env, default_uv_cache_dir, find_python
 from pytest_cookies.plugin import _cookiecutter_config_file, cookies, cookies_session
 
@@ -27,6 +28,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="keep_baked_projects",
         help="Keep projects directories generated with 'cookies.bake()'.",
     )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Locally the Prometheus checks skip (with the reason) when Debian's `prometheus` package is
+    # missing; in CI a skipped check would be a check not done.
+    missing = prometheus.missing_binaries()
+    if os.environ.get("CI") and missing:
+        pytest.exit(f"CI needs {', '.join(missing)}: .ci/run installs Debian's prometheus package", 1)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -43,6 +43,7 @@ VENV_BIN = Path(sys.executable).parent
 # HTTP port, Python 3.11), with_kubernetes_off (no k8s targets, CI job or README rows), all_features
 # (metrics on their own port: second EXPOSE, METRICS_PORT), python_3_13 (base image, CI Python).
 SHIPPING_VARIANTS = ("default", "with_kubernetes_off", "all_features", "python_3_13")
+K8S_VARIANTS = tuple(name for name in SHIPPING_VARIANTS if variants.effective_flags(name)["with_kubernetes"])
 
 COMMON_TARGETS = {
     "help",
@@ -83,6 +84,13 @@ def _answers(path: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=SHIPPING_VARIANTS)
 def project(request: pytest.FixtureRequest, generated: Callable[[str, str], Path]) -> Project:
     """The copier-generated variant (shared by the session: read it, never write to it)."""
+    path = generated("copier", request.param)
+    return Project(request.param, path, _answers(path))
+
+
+@pytest.fixture(scope="module", params=K8S_VARIANTS)
+def k8s_project(request: pytest.FixtureRequest, generated: Callable[[str, str], Path]) -> Project:
+    """A copier-generated variant with the Kubernetes manifests (with_kubernetes on)."""
     path = generated("copier", request.param)
     return Project(request.param, path, _answers(path))
 
@@ -254,12 +262,10 @@ def test_dockerfile_runs_the_production_command(project: Project) -> None:
     assert "/healthz" in probe[2]
 
 
-def test_dockerfile_user_matches_the_kubernetes_security_context(project: Project) -> None:
-    if not project.answers["with_kubernetes"]:
-        pytest.skip("no Kubernetes manifests in this variant")
-    runtime = dockerfile_stages(project)[-1]
+def test_dockerfile_user_matches_the_kubernetes_security_context(k8s_project: Project) -> None:
+    runtime = dockerfile_stages(k8s_project)[-1]
     (user,) = [i.value for i in runtime if i.keyword == "USER"]
-    deployment = yaml.safe_load(project.read("deploy/kubernetes/deployment.yaml"))
+    deployment = yaml.safe_load(k8s_project.read("deploy/kubernetes/deployment.yaml"))
     pod = deployment["spec"]["template"]["spec"]["securityContext"]
     assert user == f"{pod['runAsUser']}:{pod['runAsGroup']}"
     assert pod["runAsNonRoot"] is True
@@ -562,21 +568,17 @@ def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
     assert f"docker build --tag {project.answers['container_image']}:dev ." in recipe("docker-build")
 
 
-def test_make_k8s_render_builds_the_kustomize_base(project: Project) -> None:
-    if not project.answers["with_kubernetes"]:
-        pytest.skip("no Kubernetes manifests in this variant")
-    result = run(["make", "--no-print-directory", "k8s-render"], project.path, tool_env())
+def test_make_k8s_render_builds_the_kustomize_base(k8s_project: Project) -> None:
+    result = run(["make", "--no-print-directory", "k8s-render"], k8s_project.path, tool_env())
     assert result.returncode == 0, result.stderr
     kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout.split("\n", 1)[1]) if doc}
     assert {"Deployment", "Service", "ServiceMonitor", "PrometheusRule"} <= kinds
 
 
-def test_make_rules_test_runs_promtool(project: Project) -> None:
-    if not project.answers["with_kubernetes"]:
-        pytest.skip("no Kubernetes manifests in this variant")
+def test_make_rules_test_runs_promtool(k8s_project: Project) -> None:
     if shutil.which("promtool") is None:
         pytest.skip("promtool is not installed (.ci/run installs Debian's prometheus package)")
-    result = run(["make", "rules-test"], project.path, tool_env())
+    result = run(["make", "rules-test"], k8s_project.path, tool_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
 
