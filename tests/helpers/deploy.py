@@ -18,38 +18,6 @@ from typing import Any
 import promql_parser
 import yaml
 
-from . import variants
-
-# Answers that differ from every default the deploy artifacts read.
-variants.register(
-    "deploy_answers",
-    {
-        "project_name": "Ledger API",
-        "k8s_namespace": "payments-prod",
-        "prometheus_release_label": "prom-stack",
-        "container_image": "registry.example.com/payments/ledger-api",
-        "metrics_separate_port": True,
-        "metrics_port": 9100,
-        "http_port": 8080,
-        "slo_availability_percent": "99.95",
-        "slo_latency_threshold_seconds": "1",
-        "slo_latency_percent": "95",
-        "logfire_project_url": "https://logfire.example.com/payments/ledger-api",
-    },
-)
-variants.register(
-    "slo_loose",
-    {"slo_availability_percent": "99", "slo_latency_threshold_seconds": "2.5", "slo_latency_percent": "99.9"},
-)
-variants.register(
-    "slo_strict",
-    {
-        "slo_availability_percent": "99.99",
-        "slo_latency_threshold_seconds": "0.1",
-        "slo_latency_percent": "99.5",
-    },
-)
-
 #: Variants with Kubernetes manifests, and all the variants whose deploy/ the tests read.
 KUBERNETES_VARIANTS = ("default", "deploy_answers", "slo_loose", "slo_strict", "with_grafana_dashboard_off")
 DEPLOY_VARIANTS = (*KUBERNETES_VARIANTS, "with_kubernetes_off")

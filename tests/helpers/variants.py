@@ -74,6 +74,36 @@ def effective_flags(name: str) -> dict[str, bool]:
 #: The variants whose generated projects are synced, linted, type-checked, tested (and booted).
 CHECKED_VARIANTS: tuple[str, ...] = ("default", "all_features", "minimal", "python_3_13")
 
+# The deploy artifacts' variants (tests/test_deploy_*.py, test_alert_rules.py, test_dashboard.py).
+register(
+    "deploy_answers",
+    {
+        "project_name": "Ledger API",
+        "k8s_namespace": "payments-prod",
+        "prometheus_release_label": "prom-stack",
+        "container_image": "registry.example.com/payments/ledger-api",
+        "metrics_separate_port": True,
+        "metrics_port": "9100",
+        "http_port": "8080",
+        "slo_availability_percent": "99.95",
+        "slo_latency_threshold_seconds": "1",
+        "slo_latency_percent": "95",
+        "logfire_project_url": "https://logfire.example.com/payments/ledger-api",
+    },
+)
+register(
+    "slo_loose",
+    {"slo_availability_percent": "99", "slo_latency_threshold_seconds": "2.5", "slo_latency_percent": "99.9"},
+)
+register(
+    "slo_strict",
+    {
+        "slo_availability_percent": "99.99",
+        "slo_latency_threshold_seconds": "0.1",
+        "slo_latency_percent": "99.5",
+    },
+)
+
 # The pairwise matrix (helpers/matrix.py, checked in test_matrix.py): rows that, with the checked
 # variants above, cover every pair of values of every boolean question and python_version.
 from . import matrix as _matrix  # noqa: E402
