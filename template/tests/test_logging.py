@@ -212,6 +212,10 @@ def test_json_lines_reach_the_stream_on_their_own() -> None:
         time.sleep(0.01)
     handler.close()
     assert [e["message"] for e in json_lines(stream.getvalue())] == ["buffered.line"]
+    flusher = handler._flusher
+    assert flusher is not None
+    flusher.join(timeout=10)
+    assert not flusher.is_alive(), "closing the handler stops its flusher thread"
 
 
 def test_closing_the_json_lines_handler_writes_everything() -> None:

@@ -174,7 +174,7 @@ class JsonLinesHandler(logging.Handler):
         self._pending: list[str] = []
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._closed = threading.Event()
+        self._stopping = threading.Event()
         self._flusher: threading.Thread | None = None
         _BATCHING_HANDLERS.add(self)
 
@@ -214,7 +214,7 @@ class JsonLinesHandler(logging.Handler):
                 pass
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopping.set()
         self.flush()
         super().close()
 
@@ -228,7 +228,7 @@ class JsonLinesHandler(logging.Handler):
         self._flusher.start()
 
     def _flush_periodically(self) -> None:
-        while not self._closed.wait(self.flush_interval):
+        while not self._stopping.wait(self.flush_interval):
             self.flush()
 
     def _after_fork_in_child(self) -> None:
