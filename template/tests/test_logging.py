@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -253,3 +255,22 @@ def test_json_lines_from_many_threads_stay_whole_and_none_is_lost() -> None:
     for t in range(8):  # each thread's lines keep their order
         mine = [m for m in messages if m.startswith(f"thread.{t}.")]
         assert mine == [f"thread.{t}.{n}" for n in range(500)]
+
+
+def test_buffered_lines_survive_sigterms_default_action() -> None:
+    # uvicorn ends a graceful SIGTERM shutdown by raising SIGTERM again with the default action,
+    # which skips atexit: the lines logged just before must still reach stdout.
+    script = (
+        "import logging, signal\n"
+        "from {{ cookiecutter.package_name }}.settings import Settings\n"
+        "from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging\n"
+        "configure_logging(Settings(environment='production'))\n"
+        "logging.getLogger('tests').info('last.words')\n"
+        "signal.raise_signal(signal.SIGTERM)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert done.returncode == -15, done.stderr
+    assert [e["message"] for e in json_lines(done.stdout)] == ["last.words"]

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -32,7 +33,8 @@ from opentelemetry.trace import TraceFlags
 from .tenant import TENANT_ATTRIBUTES, current_tenant
 
 if TYPE_CHECKING:
-{%- if cookiecutter.with_loguru %}
+    from types import FrameType
+{% if cookiecutter.with_loguru %}
     from loguru import Message
 {% endif %}
     from ..settings import Settings
@@ -250,6 +252,33 @@ def _reset_handlers_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_handlers_after_fork)
 
 
+def _flush_on_sigterm() -> None:
+    """Write the buffered lines before SIGTERM's default action ends the process.
+
+    uvicorn shuts down gracefully on SIGTERM, then restores the previous handler and raises the
+    signal again: with the default one the process dies there, without `atexit` (so without
+    `logging.shutdown`), and the shutdown's own lines would be lost. This handler, installed
+    before uvicorn starts, flushes and then hands the signal to whatever was there before it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set signal handlers
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, _OWNED, False):
+        return
+
+    def flush_then_forward(signum: int, frame: FrameType | None) -> None:
+        for handler in list(_BATCHING_HANDLERS):
+            handler.flush()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    setattr(flush_then_forward, _OWNED, True)
+    signal.signal(signal.SIGTERM, flush_then_forward)
+
+
 class SampledTracesOnly(logging.Filter):
     """Skips the Logfire handler inside an unsampled trace, whose logs the sampler drops anyway.
 
@@ -291,6 +320,7 @@ def configure_logging(settings: Settings) -> None:
     if settings.environment == "production":
         to_stdout = JsonLinesHandler(sys.stdout)
         to_stdout.setFormatter(JsonFormatter())
+        _flush_on_sigterm()
         handlers.append(to_stdout)
     for handler in handlers:
         setattr(handler, _OWNED, True)
