@@ -298,14 +298,6 @@ def configure_logging(settings: Settings) -> None:
             root.removeHandler(handler)
             handler.close()
     root.setLevel(settings.effective_log_level.upper())
-    # Neither the JSON lines nor Logfire's logs carry a record's thread, process or task names:
-    # not looking them up takes a fifth off creating every record.
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-{%- if cookiecutter.python_version != "3.11" %}
-    logging.logAsyncioTasks = False
-{%- endif %}
     # httpx (and its successor httpx2) log every request at INFO with its full URL, query-string
     # secrets included.
     for http_client in ("httpx", "httpx2"):
