@@ -207,10 +207,10 @@ def test_metrics_port_is_named_and_scraped(built: Any, variant: str) -> None:
     (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
     container_ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     service_ports = {port["name"]: port for port in objects["Service"]["spec"]["ports"]}
-    assert container_ports["http"] == answer(variant, "http_port")
+    assert container_ports["http"] == int(answer(variant, "http_port"))
     assert service_ports["http"]["targetPort"] == "http"
     if answer(variant, "metrics_separate_port"):
-        assert container_ports["metrics"] == answer(variant, "metrics_port")
+        assert container_ports["metrics"] == int(answer(variant, "metrics_port"))
         assert service_ports["metrics"]["targetPort"] == "metrics"
         assert service_ports["metrics"]["port"] != service_ports["http"]["port"]
     else:

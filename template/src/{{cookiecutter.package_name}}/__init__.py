@@ -2,8 +2,7 @@
 {%- if cookiecutter.description %}
 
 {{ cookiecutter.description | wordwrap(96, break_long_words=False) }}
-{%- endif %}
-"""
+{% endif %}"""
 {%- if cookiecutter.with_pydantic %}
 
 import logfire
