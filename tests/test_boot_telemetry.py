@@ -11,11 +11,9 @@ The tests below each check one promise on that recorded run.
 from __future__ import annotations
 
 import signal
-import tomllib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -108,12 +106,6 @@ class BootRun:
         return [s for s in self.spans if s.kind == "SERVER"]
 
 
-def console_script(project: ProjectEnv) -> Path:
-    scripts = tomllib.loads((project.root / "pyproject.toml").read_text())["project"]["scripts"]
-    (name,) = scripts
-    return project.venv_bin / name
-
-
 @pytest.fixture(scope="module", params=BOOTED)
 def run(request: pytest.FixtureRequest, project_env: Callable[[str, str], ProjectEnv]) -> BootRun:
     variant: str = request.param
@@ -126,7 +118,7 @@ def run(request: pytest.FixtureRequest, project_env: Callable[[str, str], Projec
         )
         if separate_metrics:
             env["METRICS_PORT"] = str(metrics_port)
-        with ServiceProcess([str(console_script(project))], cwd=project.root, env=env, port=port) as service:
+        with ServiceProcess([str(project.console_script)], cwd=project.root, env=env, port=port) as service:
             service.wait_ready()
             metrics_url = (
                 f"http://127.0.0.1:{metrics_port}/metrics" if separate_metrics else service.url + "/metrics"
@@ -303,7 +295,7 @@ def test_cookiecutter_output_boots_too(project_env: Callable[[str, str], Project
         port = free_port()
         # Hosting platforms set WEB_CONCURRENCY; the console script must still start one process.
         env = service_env(project.env(), port=port, otlp_endpoint=receiver.endpoint, WEB_CONCURRENCY="4")
-        with ServiceProcess([str(console_script(project))], cwd=project.root, env=env, port=port) as service:
+        with ServiceProcess([str(project.console_script)], cwd=project.root, env=env, port=port) as service:
             service.wait_ready()
             response = httpx.get(service.url + "/items/1", headers=as_headers(tenant(1)), timeout=10)
             assert response.status_code == 200 and response.json()["id"] == 1

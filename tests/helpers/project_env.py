@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,13 @@ class ProjectEnv:
     @property
     def venv_bin(self) -> Path:
         return self.root / ".venv" / "bin"
+
+    @property
+    def console_script(self) -> Path:
+        """The service's console script (`[project.scripts]` has exactly one entry)."""
+        scripts = tomllib.loads((self.root / "pyproject.toml").read_text())["project"]["scripts"]
+        (name,) = scripts
+        return self.venv_bin / name
 
     def env(self, **extra: str) -> dict[str, str]:
         return clean_env(self.uv_cache_dir, VIRTUAL_ENV=str(self.root / ".venv"), **extra)
