@@ -86,13 +86,6 @@ REFUSED: list[tuple[str, dict[str, str], str]] = [
     ("image-yaml-null", {"container_image": "null"}, "container_image"),
 ]
 
-# Where an engine itself cannot do better, the case is an expected failure (strict: if the engine
-# improves, the test says so).
-_NESTED = "cookiecutter makes the project folder before pre_gen: a '/' in the slug leaves an empty parent"
-ENGINE_LIMITS = {
-    ("name-shell", "cookiecutter"): _NESTED,
-    ("slug-nested", "cookiecutter"): _NESTED,
-}
 # Cookiecutter renders answers as Jinja before its hooks see them: "{{ 7 * 7 }}" arrives as "49",
 # a valid name whose derived slug is refused instead.
 ENGINE_QUESTION = {("name-jinja", "cookiecutter"): "project_slug"}
@@ -102,9 +95,6 @@ REFUSED_PARAMS = [
         answers,
         ENGINE_QUESTION.get((case, engine), question),
         id=f"{case}-{engine}",
-        marks=[pytest.mark.xfail(strict=True, reason=ENGINE_LIMITS[case, engine])]
-        if (case, engine) in ENGINE_LIMITS
-        else [],
     )
     for case, answers, question in REFUSED
     for engine in engines.ENGINES
