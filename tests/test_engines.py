@@ -262,6 +262,7 @@ BAD_ANSWERS: list[Any] = [
     pytest.param({"package_name": "class"}, "package_name", id="package-keyword"),
     pytest.param({"http_port": 80}, "http_port", id="port-privileged"),
     pytest.param({"http_port": 70000}, "http_port", id="port-too-high"),
+    pytest.param({"http_port": "abc"}, "http_port", id="port-not-a-number"),
     pytest.param(
         {"metrics_separate_port": True, "metrics_port": 8000}, "metrics_port", id="metrics-port-clash"
     ),
@@ -341,70 +342,6 @@ def test_command_line_names_the_question(template_snapshot: Path, tmp_path: Path
     assert result.returncode != 0, result.stdout + result.stderr
     assert "'package_name'" in result.stderr and "keyword" in result.stderr, result.stderr[-3000:]
     assert not out.exists() or not any(out.iterdir())
-
-
-def test_copier_non_numeric_port_names_the_question(template_snapshot: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="'http_port'"):
-        copier.run_copy(
-            str(template_snapshot),
-            str(tmp_path / "out"),
-            data={"http_port": "abc"},
-            defaults=True,
-            unsafe=False,
-            vcs_ref="HEAD",
-            quiet=True,
-        )
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-
-
-# --- no --trust, StrictUndefined -----------------------------------------------------------------
-
-
-def test_copier_needs_no_trust(template_snapshot: Path, tmp_path: Path, generated: Generated) -> None:
-    """Everything the template does is allowed without --trust (pytest-copie always trusts)."""
-    dst = tmp_path / "svc"
-    copier.run_copy(
-        str(template_snapshot),
-        str(dst),
-        data=variants.answers("all_features"),
-        defaults=True,
-        unsafe=False,
-        vcs_ref="HEAD",
-        quiet=True,
-    )
-    untrusted, trusted = engines.tree(dst), engines.tree(generated("copier", "all_features"))
-    untrusted.pop(engines.COPIER_ANSWERS_FILE)
-    trusted.pop(engines.COPIER_ANSWERS_FILE)
-    assert untrusted == trusted
-
-
-def _template_with_typo(template_snapshot: Path, tmp_path: Path) -> Path:
-    repo = tmp_path / "template-with-typo"
-    shutil.copytree(template_snapshot, repo, symlinks=True)
-    (repo / "template" / "typo.txt").write_text("{{ cookiecutter.no_such_answer }}\n")
-    engines.git(repo, "add", "-A")
-    engines.git(repo, "commit", "-q", "-m", "typo")
-    return repo
-
-
-def test_copier_fails_on_undefined_variable(template_snapshot: Path, tmp_path: Path) -> None:
-    repo = _template_with_typo(template_snapshot, tmp_path)
-    dst = tmp_path / "svc"
-    with pytest.raises(Exception, match="no_such_answer"):
-        copier.run_copy(str(repo), str(dst), defaults=True, unsafe=False, vcs_ref="HEAD", quiet=True)
-    assert not (dst / "typo.txt").exists()
-
-
-def test_cookiecutter_fails_on_undefined_variable(template_snapshot: Path, tmp_path: Path) -> None:
-    repo = _template_with_typo(template_snapshot, tmp_path)
-    result = _cli("cookiecutter", "--no-input", "-o", str(tmp_path / "out"), str(repo), cwd=tmp_path)
-    assert result.returncode != 0
-    assert "no_such_answer" in result.stdout + result.stderr
-
-
-def test_cookiecutter_refuses_a_non_boolean_flag(cookies: Any, template_snapshot: Path) -> None:
-    baked = cookies.bake(extra_context={"with_httpx": "maybe"}, template=str(template_snapshot))
-    assert baked.exception is not None and "with_httpx" in str(baked.exception)
 
 
 @pytest.mark.xfail(
