@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import BackgroundTasks
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -98,8 +100,43 @@ def test_production_logs_unsampled_requests_too(
 
     [event] = [e for e in json_lines(stdout(capsys)) if e["message"] == "item.fetched"]
     assert len(event["trace_id"]) == 32
-    assert event["account_id"] == "acct-42"
+    assert {k: event[k] for k in TENANT_ATTRIBUTES} == TENANT_ATTRIBUTES
     assert server_spans(capfire) == []
+
+
+def test_unsampled_json_lines_carry_tenant_ids_wherever_code_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Unsampled requests build no baggage: their lines take the tenant ids from the request's
+    # context variable, which threads, `to_thread` and background tasks inherit.
+    app = create_app(make_settings(environment="production", logfire_trace_sample_rate=0.0))
+    probe = logging.getLogger("tests.probe")
+
+    def in_threadpool() -> dict[str, str]:
+        probe.info("probe.threadpool")
+        return {}
+
+    async def in_to_thread() -> dict[str, str]:
+        await asyncio.to_thread(lambda: probe.info("probe.to_thread"))
+        return {}
+
+    async def in_background(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(lambda: probe.info("probe.background"))
+        return {}
+
+    app.add_api_route("/probe/threadpool", in_threadpool)
+    app.add_api_route("/probe/to-thread", in_to_thread)
+    app.add_api_route("/probe/background", in_background)
+    with TestClient(app) as client:
+        for path in ("/probe/threadpool", "/probe/to-thread", "/probe/background"):
+            assert client.get(path, headers=TENANT_HEADERS).status_code == 200
+        client.get("/items/2")
+
+    lines = {e["message"]: e for e in json_lines(stdout(capsys))}
+    for message in ("probe.threadpool", "probe.to_thread", "probe.background"):
+        assert {k: lines[message].get(k) for k in TENANT_ATTRIBUTES} == TENANT_ATTRIBUTES
+    # The next request on the same client has no tenant headers: nothing carried over.
+    assert not set(TENANT_ATTRIBUTES) & set(lines["item.fetched"])
 
 
 def test_production_level_defaults_to_info(

@@ -3,7 +3,8 @@
 Everything per request happens here, in a single pass, so its cost is easy to see and to tune:
 - one loop over the request headers picks up tenant ids, `traceparent`/`tracestate` and `baggage`;
 - an incoming `baggage` header is removed: clients must not be able to set span attributes;
-- tenant ids go into OTel baggage, which Logfire copies onto every span and log of the request;
+- tenant ids go into a context variable for the JSON log lines and, when the request is traced,
+  into OTel baggage, which Logfire copies onto every span and log of the request;
 - one SERVER span named after the route template, read from `scope["route"]` once the router ran;
 - an unsampled request skips all attribute and exemplar work (`span.is_recording()` is False).
 """
@@ -18,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from .metrics import UNMATCHED_ROUTE, HttpMetrics
 from .sampling import decide, mark_sampled, unsampled_span
-from .tenant import TenantHeaders, with_tenant_baggage
+from .tenant import TenantHeaders, reset_request_tenant, set_request_tenant, with_tenant_baggage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -73,18 +74,17 @@ class TelemetryMiddleware:
 
         # The global propagator is W3C tracecontext only (logfire_config.py); Logfire wraps it so
         # that DISTRIBUTED_TRACING=false ignores incoming trace ids.
-        ctx = propagate.extract(carrier) if carrier is not None else None
-        if tenant:
-            ctx = with_tenant_baggage(tenant.items(), ctx)
-
+        ctx = propagate.extract(carrier) if carrier is not None else context.get_current()
         method = self.metrics.method_label(scope["method"])
-        # The route is only known once the router ran: the span is renamed then. Until that, the
-        # message shows the raw path (Logfire's console prints spans when they start).
-        if ctx is None:
-            ctx = context.get_current()
         parent = trace.get_current_span(ctx).get_span_context()
         span: trace.Span
         if decide(self.sample_rate, parent):
+            if tenant:
+                # Logfire copies baggage onto every span and log of a recorded trace; an
+                # unsampled one records nothing, so it skips building the baggage.
+                ctx = with_tenant_baggage(tenant.items(), ctx)
+            # The route is only known once the router ran: the span is renamed then. Until
+            # that, the message shows the raw path (Logfire's console prints spans at start).
             span = self.tracer.start_span(
                 method,
                 context=mark_sampled(ctx),
@@ -94,6 +94,7 @@ class TelemetryMiddleware:
         else:
             span = unsampled_span(parent)
         token = context.attach(trace.set_span_in_context(span, ctx))
+        tenant_token = set_request_tenant(tenant) if tenant else None
         active = self.metrics.active_for(method)
         active.inc()
         status = 500
@@ -139,3 +140,5 @@ class TelemetryMiddleware:
             self.metrics.count_tenant(tenant.get("account_id"), status)
             span.end()
             context.detach(token)
+            if tenant_token is not None:
+                reset_request_tenant(tenant_token)

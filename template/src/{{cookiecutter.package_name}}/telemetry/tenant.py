@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from opentelemetry import baggage, context
 
@@ -41,6 +43,21 @@ class TenantHeaders:
         return len(value) <= self.max_length and _ALLOWED.fullmatch(value) is not None
 
 
+# The tenant ids of the request being handled, set once by the middleware: one context variable
+# is the cheapest place for the JSON log lines to read them from, sampled or not.
+_REQUEST_TENANT: ContextVar[Mapping[str, str]] = ContextVar("request_tenant")
+_NO_TENANT: Mapping[str, str] = MappingProxyType({})
+
+
+def set_request_tenant(ids: Mapping[str, str]) -> Token[Mapping[str, str]]:
+    """Make `ids` the current request's tenant ids (for this task and the tasks it starts)."""
+    return _REQUEST_TENANT.set(ids)
+
+
+def reset_request_tenant(token: Token[Mapping[str, str]]) -> None:
+    _REQUEST_TENANT.reset(token)
+
+
 def with_tenant_baggage(
     values: Iterable[tuple[str, str]], parent: context.Context | None = None
 ) -> context.Context:
@@ -55,6 +72,6 @@ def with_tenant_baggage(
     return ctx
 
 
-def current_tenant() -> dict[str, str]:
+def current_tenant() -> Mapping[str, str]:
     """The tenant ids of the current request (empty outside a request)."""
-    return {k: str(v) for k, v in baggage.get_all().items() if k in TENANT_ATTRIBUTES}
+    return _REQUEST_TENANT.get(_NO_TENANT)
