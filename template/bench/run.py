@@ -16,6 +16,8 @@ with tenant headers. Modes:
 - traced        production with LOGFIRE_TRACE_SAMPLE_RATE=1.0: every request traced and exported.
 - production-quiet  diagnostic: production with LOG_LEVEL=warning, so the example's per-request
                 `item.fetched` record is neither written nor sent: shows what the log line costs.
+- bare-jsonlines  diagnostic: `bare` plus the production JSON-lines stdout handler and nothing
+                else (no Logfire, no middleware): the floor that one JSON line per request sets.
 - fastapi-native  for comparison: FastAPI's built-in OpenTelemetry instead of the service's
                 middleware, same Logfire/logging setup as production.
 - logfire-fastapi for comparison: `logfire.instrument_fastapi` instead of the middleware (needs
@@ -69,6 +71,7 @@ ALL_MODES = (
     "production",
     "traced",
     "production-quiet",
+    "bare-jsonlines",
     "fastapi-native",
     "logfire-fastapi",
 )
@@ -97,15 +100,27 @@ def bench_app(mode: str) -> Any:
     async def lifespan(app: FastAPI) -> Any:
         app.state.ready = True
         yield
-        if mode != "bare":
+        if mode not in ("bare", "bare-jsonlines"):
             import logfire
 
             logfire.force_flush(timeout_millis=5000)
 
-    if mode == "bare":
+    if mode in ("bare", "bare-jsonlines"):
         app = FastAPI(
             lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
         )
+        if mode == "bare-jsonlines":
+            import logging
+
+            from {{ cookiecutter.package_name }}.telemetry.logs import (
+                JsonFormatter,
+                JsonLinesHandler,
+            )
+
+            to_stdout = JsonLinesHandler(sys.stdout)
+            to_stdout.setFormatter(JsonFormatter())
+            logging.getLogger().addHandler(to_stdout)
+            logging.getLogger().setLevel(logging.INFO)
     else:
         from {{ cookiecutter.package_name }}.settings import Settings
         from {{ cookiecutter.package_name }}.telemetry import configure_telemetry
