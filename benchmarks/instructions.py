@@ -1,0 +1,139 @@
+"""Instructions per request, counted by valgrind: a telemetry cost that machine noise cannot move.
+
+    python benchmarks/instructions.py SERVICE_DIR MODE [NAME=VALUE ...] [--out results.json]
+
+Drives a generated service's ASGI app in-process (no sockets, no uvicorn) under
+`valgrind --tool=callgrind`, once with 1000 and once with 3000 `GET /items/1` requests carrying the
+four tenant headers, and prints the difference divided by 2000: imports and start-up cancel out.
+The count includes the span export thread (spans go to the benchmark's local OTLP sink).
+
+MODE is one of the service benchmark's apps: `bare`, `bare-jsonlines`, `bare-record` (bare plus a
+standard logging record per request, handled by a handler that does nothing) or `production`
+(the service's `create_app` with ENVIRONMENT=production). NAME=VALUE pairs are set in the
+service's environment, e.g. `LOGFIRE_TRACE_SAMPLE_RATE=0`. Needs valgrind and `uv sync` in
+SERVICE_DIR. This measures the Python work per request; wrk in `bench/run.py` measures throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SMALL, LARGE = 1000, 3000
+HEADERS = [
+    (b"host", b"bench"),
+    (b"x-account-id", b"acct-bench"),
+    (b"x-session-id", b"sess-bench"),
+    (b"x-agent-instance-id", b"agent-bench"),
+    (b"x-llm-request-id", b"llmreq-bench"),
+]
+
+
+def drive(mode: str, requests: int) -> None:
+    """Runs inside valgrind, with the service's interpreter and its bench/ on sys.path."""
+    import asyncio
+    import logging
+    import random
+
+    import run as bench  # the service's bench/run.py
+
+    sink = bench.Sink()
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url
+    os.environ["ENVIRONMENT"] = "production"
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the JSON lines
+    random.seed(1)
+    if mode == "production":
+        package = bench.PACKAGE
+        app = __import__(f"{package}.app", fromlist=["create_app"]).create_app()
+    else:
+        app = bench.bench_app("bare" if mode == "bare-record" else mode)
+        if mode == "bare-record":
+
+            class Discard(logging.Handler):
+                def handle(self, record: logging.LogRecord) -> bool:
+                    return True
+
+            logging.getLogger().addHandler(Discard())
+            logging.getLogger().setLevel(logging.INFO)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: object) -> None:
+        pass
+
+    async def requests_in_process() -> None:
+        for _ in range(requests):
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/items/1",
+                "raw_path": b"/items/1",
+                "query_string": b"",
+                "root_path": "",
+                "headers": HEADERS,
+                "client": ("127.0.0.1", 1),
+                "server": ("127.0.0.1", 2),
+                "state": {},
+            }
+            await app(scope, receive, send)
+
+    asyncio.run(requests_in_process())
+    if mode == "production":
+        import logfire
+
+        logfire.force_flush()
+    os._exit(0)
+
+
+def count(service: Path, mode: str, requests: int, env: dict[str, str]) -> int:
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        str(service / ".venv" / "bin" / "python"),
+        str(Path(__file__).resolve()),
+        "--drive",
+        mode,
+        str(requests),
+    ]
+    environment = {**os.environ, **env, "PYTHONPATH": str(service / "bench")}
+    done = subprocess.run(command, cwd=service, env=environment, capture_output=True, text=True, check=False)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"valgrind run failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--drive":
+        drive(sys.argv[2], int(sys.argv[3]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("service", type=Path)
+    parser.add_argument("mode", choices=["bare", "bare-record", "bare-jsonlines", "production"])
+    parser.add_argument("env", nargs="*", help="NAME=VALUE set for the service")
+    parser.add_argument("--out", type=Path, help="append the result as one JSON line")
+    args = parser.parse_args()
+    env = dict(pair.split("=", 1) for pair in args.env)
+    service = args.service.resolve()
+    per_request = (count(service, args.mode, LARGE, env) - count(service, args.mode, SMALL, env)) // (
+        LARGE - SMALL
+    )
+    print(f"{args.mode} {' '.join(args.env)}: {per_request} instructions per request")
+    if args.out:
+        with args.out.open("a") as out:
+            result = {"mode": args.mode, "env": env, "instructions_per_request": per_request}
+            out.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
