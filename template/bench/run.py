@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import gzip
 import importlib.util
 import json
@@ -98,6 +99,7 @@ def bench_app(mode: str) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        gc.freeze()  # as the service's lifespan does
         app.state.ready = True
         yield
         if mode not in ("bare", "bare-jsonlines"):

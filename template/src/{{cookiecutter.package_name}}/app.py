@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -49,6 +50,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         else None
     )
 {%- endif %}
+    # What startup built (modules, the app, Logfire's and OpenTelemetry's machinery) lives as long
+    # as the process. Frozen, it is no longer walked by every full garbage collection under load
+    # (bench/run.py: production p99 about a third lower).
+    gc.freeze()
     app.state.ready = True
     logger.info("service.started", extra={"environment": settings.environment})
     try:
