@@ -5,7 +5,8 @@
 Drives a generated service's ASGI app in-process (no sockets, no uvicorn) under
 `valgrind --tool=callgrind`, once with 1000 and once with 3000 `GET /items/1` requests carrying the
 four tenant headers, and prints the difference divided by 2000: imports and start-up cancel out.
-The count includes the span export thread (spans go to the benchmark's local OTLP sink).
+The app's lifespan startup runs first, as under uvicorn. The count includes the span export
+thread (spans go to the benchmark's local OTLP sink).
 
 MODE is one of the service benchmark's apps: `bare`, `bare-jsonlines`, `bare-record` (bare plus a
 standard logging record per request, handled by a handler that does nothing) or `production`
@@ -67,7 +68,24 @@ def drive(mode: str, requests: int) -> None:
     async def send(message: object) -> None:
         pass
 
+    async def start() -> None:
+        """The app's lifespan startup, as uvicorn runs it (the service freezes the GC there)."""
+        events: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        await events.put({"type": "lifespan.startup"})
+        started = asyncio.Event()
+
+        async def lifespan_send(message: dict[str, object]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        running.append(asyncio.create_task(app(scope, events.get, lifespan_send)))
+        await started.wait()
+
+    running: list[asyncio.Task[None]] = []
+
     async def requests_in_process() -> None:
+        await start()
         for _ in range(requests):
             scope = {
                 "type": "http",
@@ -94,6 +112,69 @@ def drive(mode: str, requests: int) -> None:
     os._exit(0)
 
 
+def serve_and_count(mode: str, requests: int) -> None:
+    """Runs with the service's interpreter: the real server under valgrind, driven over HTTP.
+
+    The server is the one `bench/run.py` starts for MODE (uvicorn, one worker), prefixed with
+    valgrind; this client sends REQUESTS sequential keep-alive requests and then SIGTERM. Prints
+    the instructions valgrind counted in the server process (all its threads).
+    """
+    import http.client
+    import signal
+    import time
+
+    import run as bench  # the service's bench/run.py
+
+    sink = bench.Sink()
+    port = bench.free_port()
+    command, env = bench.mode_command(mode, sink, port)
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("LOGFIRE_", "OTEL_BSP_"))})
+    valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    server = subprocess.Popen(
+        [*valgrind, *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    headers = {name.decode(): value.decode() for name, value in HEADERS}
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            probe.request("GET", "/readyz")
+            if probe.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit(f"{mode} did not become ready under valgrind")
+        time.sleep(0.5)
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(requests):
+        client.request("GET", "/items/1", headers=headers)
+        response = client.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"GET /items/1 answered {response.status}")
+    client.close()
+    server.send_signal(signal.SIGTERM)
+    _, stderr = server.communicate(timeout=300)
+    found = re.search(r"Collected : (\d+)", stderr)
+    if found is None:
+        raise SystemExit(f"no count from valgrind:\n{stderr[-2000:]}")
+    print(found.group(1))
+    os._exit(0)
+
+
+def count_server(service: Path, mode: str, requests: int, env: dict[str, str]) -> int:
+    command = [str(service / ".venv" / "bin" / "python"), str(Path(__file__).resolve())]
+    command += ["--serve-and-count", mode, str(requests)]
+    environment = {**os.environ, **env, "PYTHONPATH": str(service / "bench")}
+    done = subprocess.run(command, cwd=service, env=environment, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        raise SystemExit(
+            f"server run failed ({done.returncode}):\n{done.stdout[-1000:]}{done.stderr[-2000:]}"
+        )
+    return int(done.stdout.strip())
+
+
 def count(service: Path, mode: str, requests: int, env: dict[str, str]) -> int:
     command = [
         "valgrind",
@@ -116,21 +197,32 @@ def count(service: Path, mode: str, requests: int, env: dict[str, str]) -> int:
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--drive":
         drive(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-and-count":
+        serve_and_count(sys.argv[2], int(sys.argv[3]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("service", type=Path)
-    parser.add_argument("mode", choices=["bare", "bare-record", "bare-jsonlines", "production"])
+    parser.add_argument(
+        "mode", help="bare, bare-record, bare-jsonlines, production; with --server: any mode of bench/run.py"
+    )
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="count the real uvicorn server process driven over HTTP (includes uvicorn's HTTP layer)",
+    )
     parser.add_argument("env", nargs="*", help="NAME=VALUE set for the service")
     parser.add_argument("--out", type=Path, help="append the result as one JSON line")
     args = parser.parse_args()
     env = dict(pair.split("=", 1) for pair in args.env)
     service = args.service.resolve()
-    per_request = (count(service, args.mode, LARGE, env) - count(service, args.mode, SMALL, env)) // (
+    measure = count_server if args.server else count
+    per_request = (measure(service, args.mode, LARGE, env) - measure(service, args.mode, SMALL, env)) // (
         LARGE - SMALL
     )
-    print(f"{args.mode} {' '.join(args.env)}: {per_request} instructions per request")
+    how = "server over HTTP" if args.server else "in-process"
+    print(f"{args.mode} {' '.join(args.env)} ({how}): {per_request} instructions per request")
     if args.out:
         with args.out.open("a") as out:
-            result = {"mode": args.mode, "env": env, "instructions_per_request": per_request}
+            result = {"mode": args.mode, "env": env, "how": how, "instructions_per_request": per_request}
             out.write(json.dumps(result) + "\n")
     return 0
 
