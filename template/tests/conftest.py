@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 {% if cookiecutter.metrics_separate_port -%}
 import socket
 {% endif -%}
@@ -11,10 +13,14 @@ from dataclasses import dataclass
 {% if cookiecutter.metrics_separate_port -%}
 import httpx
 {% endif -%}
+import logfire
 import pytest
-from fastapi import FastAPI
+from fastapi import BackgroundTasks, FastAPI
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
+{%- if cookiecutter.with_loguru %}
+from loguru import logger as loguru_logger
+{%- endif %}
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
@@ -112,3 +118,40 @@ def logs_named(capfire: CaptureLogfire, message: str) -> list[ReadableSpan]:
         for span in finished_spans(capfire)
         if (span.attributes or {}).get("logfire.span_type") == "log" and span.name == message
     ]
+
+
+logger = logging.getLogger("tests.probe")
+
+
+def add_probe_routes(app: FastAPI) -> None:
+    """Routes that log from the threadpool, `to_thread`, a background task and a Logfire span."""
+
+    def in_threadpool() -> dict[str, str]:
+        logger.info("probe.threadpool")
+        return {}
+
+    async def in_to_thread() -> dict[str, str]:
+        await asyncio.to_thread(lambda: logger.info("probe.to_thread"))
+        return {}
+
+    async def in_background(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(lambda: logger.info("probe.background"))
+        return {}
+
+    async def with_logfire_span() -> dict[str, str]:
+        with logfire.span("probe.span"):
+            logfire.info("probe.logfire")
+        return {}
+{%- if cookiecutter.with_loguru %}
+
+    async def with_loguru() -> dict[str, str]:
+        loguru_logger.bind(step="one").info("probe.loguru")
+        return {}
+
+    app.add_api_route("/probe/loguru", with_loguru)
+{%- endif %}
+
+    app.add_api_route("/probe/threadpool", in_threadpool)
+    app.add_api_route("/probe/to-thread", in_to_thread)
+    app.add_api_route("/probe/background", in_background)
+    app.add_api_route("/probe/span", with_logfire_span)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -14,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import BackgroundTasks
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -26,7 +24,13 @@ from {{ cookiecutter.package_name }}.telemetry.logs import (
     configure_logging,
 )
 
-from conftest import TENANT_ATTRIBUTES, TENANT_HEADERS, make_settings, server_spans
+from conftest import (
+    TENANT_ATTRIBUTES,
+    TENANT_HEADERS,
+    add_probe_routes,
+    make_settings,
+    server_spans,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -110,23 +114,7 @@ def test_unsampled_json_lines_carry_tenant_ids_wherever_code_runs(
     # Unsampled requests build no baggage: their lines take the tenant ids from the request's
     # context variable, which threads, `to_thread` and background tasks inherit.
     app = create_app(make_settings(environment="production", logfire_trace_sample_rate=0.0))
-    probe = logging.getLogger("tests.probe")
-
-    def in_threadpool() -> dict[str, str]:
-        probe.info("probe.threadpool")
-        return {}
-
-    async def in_to_thread() -> dict[str, str]:
-        await asyncio.to_thread(lambda: probe.info("probe.to_thread"))
-        return {}
-
-    async def in_background(tasks: BackgroundTasks) -> dict[str, str]:
-        tasks.add_task(lambda: probe.info("probe.background"))
-        return {}
-
-    app.add_api_route("/probe/threadpool", in_threadpool)
-    app.add_api_route("/probe/to-thread", in_to_thread)
-    app.add_api_route("/probe/background", in_background)
+    add_probe_routes(app)
     with TestClient(app) as client:
         for path in ("/probe/threadpool", "/probe/to-thread", "/probe/background"):
             assert client.get(path, headers=TENANT_HEADERS).status_code == 200

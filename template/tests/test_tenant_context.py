@@ -2,64 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-import logfire
-from fastapi import BackgroundTasks, FastAPI
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
-{%- if cookiecutter.with_loguru %}
-from loguru import logger as loguru_logger
-{%- endif %}
 
 from conftest import (
     TENANT_ATTRIBUTES,
     TENANT_HEADERS,
+    add_probe_routes,
     finished_spans,
     logs_named,
     scrape,
     server_spans,
 )
 
-logger = logging.getLogger("tests.tenant")
-
 
 def _tenant(span_attributes: object) -> dict[str, object]:
     attributes = dict(span_attributes or {})  # type: ignore[call-overload]
     return {k: attributes.get(k) for k in TENANT_ATTRIBUTES}
-
-
-def add_probe_routes(app: FastAPI) -> None:
-    def in_threadpool() -> dict[str, str]:
-        logger.info("probe.threadpool")
-        return {}
-
-    async def in_to_thread() -> dict[str, str]:
-        await asyncio.to_thread(lambda: logger.info("probe.to_thread"))
-        return {}
-
-    async def in_background(tasks: BackgroundTasks) -> dict[str, str]:
-        tasks.add_task(lambda: logger.info("probe.background"))
-        return {}
-
-    async def with_logfire_span() -> dict[str, str]:
-        with logfire.span("probe.span"):
-            logfire.info("probe.logfire")
-        return {}
-{%- if cookiecutter.with_loguru %}
-
-    async def with_loguru() -> dict[str, str]:
-        loguru_logger.bind(step="one").info("probe.loguru")
-        return {}
-
-    app.add_api_route("/probe/loguru", with_loguru)
-{%- endif %}
-
-    app.add_api_route("/probe/threadpool", in_threadpool)
-    app.add_api_route("/probe/to-thread", in_to_thread)
-    app.add_api_route("/probe/background", in_background)
-    app.add_api_route("/probe/span", with_logfire_span)
 
 
 def test_tenant_ids_reach_code_outside_the_request_task(
