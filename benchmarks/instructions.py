@@ -26,13 +26,6 @@ import sys
 from pathlib import Path
 
 SMALL, LARGE = 1000, 3000
-HEADERS = [
-    (b"host", b"bench"),
-    (b"x-account-id", b"acct-bench"),
-    (b"x-session-id", b"sess-bench"),
-    (b"x-agent-instance-id", b"agent-bench"),
-    (b"x-llm-request-id", b"llmreq-bench"),
-]
 
 
 def drive(mode: str, requests: int) -> None:
@@ -48,6 +41,9 @@ def drive(mode: str, requests: int) -> None:
     os.environ["ENVIRONMENT"] = "production"
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the JSON lines
     random.seed(1)
+    # The same tenant headers wrk sends in bench/run.py, as ASGI delivers them.
+    headers = [(b"host", b"bench")]
+    headers += [(name.lower().encode(), value.encode()) for name, value in bench.TENANT_HEADERS.items()]
     if mode == "production":
         package = bench.PACKAGE
         app = __import__(f"{package}.app", fromlist=["create_app"]).create_app()
@@ -97,7 +93,7 @@ def drive(mode: str, requests: int) -> None:
                 "raw_path": b"/items/1",
                 "query_string": b"",
                 "root_path": "",
-                "headers": HEADERS,
+                "headers": headers,
                 "client": ("127.0.0.1", 1),
                 "server": ("127.0.0.1", 2),
                 "state": {},
@@ -133,7 +129,7 @@ def serve_and_count(mode: str, requests: int) -> None:
     server = subprocess.Popen(
         [*valgrind, *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    headers = {name.decode(): value.decode() for name, value in HEADERS}
+    headers = bench.TENANT_HEADERS
     deadline = time.monotonic() + 300
     while True:
         try:
