@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace import SpanProcessor
 
+    from .telemetry.spans import RequestSpans
+
 logger = logging.getLogger(__name__)
 
 # Probes and scrapes: not traced, not counted.
@@ -71,7 +73,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- endif %}
         # uvicorn re-raises SIGTERM once shutdown is done, so atexit hooks never run: without this
         # flush the last spans, logs and metrics would be lost. Bounded: the collector may be down.
-        logfire.force_flush(timeout_millis=int(settings.shutdown_flush_timeout_seconds * 1000))
+        timeout_millis = int(settings.shutdown_flush_timeout_seconds * 1000)
+        request_spans: RequestSpans | None = app.state.request_spans
+        if request_spans is not None:
+            request_spans.force_flush(timeout_millis)
+        logfire.force_flush(timeout_millis=timeout_millis)
 
 
 def create_app(
@@ -82,7 +88,7 @@ def create_app(
 ) -> FastAPI:
     """Build the service. Tests pass in-memory span processors / metric readers (see tests/)."""
     settings = settings or Settings()
-    configure_telemetry(
+    request_spans = configure_telemetry(
         settings,
         additional_span_processors=additional_span_processors,
         metric_readers=metric_readers,
@@ -113,6 +119,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.request_spans = request_spans
     app.state.ready = False
 {%- if cookiecutter.with_sqlalchemy %}
     app.state.database = Database(settings.database_url)
@@ -141,5 +148,6 @@ def create_app(
         ),
         untraced_paths=UNTRACED_PATHS,
         sample_rate=settings.trace_sample_rate,
+        request_spans=request_spans,
     )
     return app

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "production", "test"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+RequestSpanPath = Literal["direct", "logfire"]
 
 # Head-sampling rate per environment when LOGFIRE_TRACE_SAMPLE_RATE is not set.
 DEFAULT_SAMPLE_RATES: dict[Environment, float] = {
@@ -50,6 +51,14 @@ class Settings(BaseSettings):
     distributed_tracing: bool = Field(
         default=True,
         description="Continue traces from an incoming W3C `traceparent` header.",
+    )
+    request_spans: RequestSpanPath | None = Field(
+        default=None,
+        description=(
+            "How a traced request's SERVER span and log records are built: `direct` (telemetry/"
+            "spans.py) or `logfire` (Logfire's tracer). Defaults to logfire in development, whose "
+            "console prints Logfire's spans, and when LOGFIRE_TOKEN is set; direct otherwise."
+        ),
     )
     shutdown_flush_timeout_seconds: float = Field(default=5.0, gt=0.0)
 

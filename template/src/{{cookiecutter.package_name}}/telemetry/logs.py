@@ -38,10 +38,11 @@ if TYPE_CHECKING:
     from loguru import Message
 {% endif %}
     from ..settings import Settings
+    from .spans import RequestSpans
 
 # Attributes every LogRecord has; anything else came with `extra=` and is a structured field
 # (except uvicorn's `color_message`, a copy of the message with terminal colour codes).
-_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "color_message",
@@ -60,7 +61,7 @@ REDACTED = "[redacted]"
 _secret_keys: dict[str, bool] = {}
 
 
-def _is_secret_key(key: str) -> bool:
+def is_secret_key(key: str) -> bool:
     """Whether an extra's name looks like a credential (cached: services log few distinct keys)."""
     secret = _secret_keys.get(key)
     if secret is None:
@@ -68,6 +69,17 @@ def _is_secret_key(key: str) -> bool:
             key not in TENANT_ATTRIBUTES and _SECRET_KEY.search(key) is not None
         )
     return secret
+
+
+def redact_text(value: str) -> str:
+    """`value`, or REDACTED if it mentions a credential (as Logfire scrubs span attribute values).
+
+    A value that is nothing but the word (`"password"`) is kept, as Logfire keeps it.
+    """
+    match = _SECRET_KEY.search(value)
+    if match is None or match.span() == (0, len(value)):
+        return value
+    return REDACTED
 
 
 # One encoder for the extras: `json.dumps(..., default=str)` would build a new one per record.
@@ -131,9 +143,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in tenant.items():
             line += f", {_quote(key)}: {_quote(value)}"
         extras = {
-            key: REDACTED if _is_secret_key(key) else value
+            key: REDACTED if is_secret_key(key) else value
             for key, value in record.__dict__.items()
-            if key not in _RECORD_ATTRIBUTES and key not in taken and key not in tenant
+            if key not in RECORD_ATTRIBUTES and key not in taken and key not in tenant
         }
         if record.exc_info:
             extras["exception"] = self.formatException(record.exc_info)
@@ -282,19 +294,28 @@ def _flush_on_sigterm() -> None:
 class SampledLogfireHandler(logfire.LogfireLoggingHandler):
     """Logfire's handler, skipped inside an unsampled trace, whose logs the sampler drops anyway.
 
-    Records outside any trace (startup, shutdown) always go. Checked in `handle`, before the
-    handler's lock and filter machinery: most records of a production service take this exit.
+    Inside a sampled trace, with the direct path on (spans.py), the record becomes its log span
+    there; records that do not fit it, and records outside any trace (startup, shutdown), go to
+    Logfire. Checked in `handle`, before the handler's lock and filter machinery: most records of a
+    production service take one of the early exits.
     """
+
+    def __init__(self, request_spans: RequestSpans | None = None) -> None:
+        super().__init__()
+        self.request_spans = request_spans
 
     def handle(self, record: logging.LogRecord) -> bool:
         span_context = trace.get_current_span().get_span_context()
-        # `trace_flags` is sometimes a plain int (some span contexts are built that way): mask it.
-        if span_context.is_valid and not span_context.trace_flags & TraceFlags.SAMPLED:
-            return False
+        if span_context.is_valid:
+            # `trace_flags` is sometimes a plain int (some span contexts are built that way).
+            if not span_context.trace_flags & TraceFlags.SAMPLED:
+                return False
+            if self.request_spans is not None and self.request_spans.log(record, span_context):
+                return True
         return super().handle(record)
 
 
-def configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings, request_spans: RequestSpans | None = None) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _OWNED, False):
@@ -309,7 +330,7 @@ def configure_logging(settings: Settings) -> None:
     for chatty in ("asyncio", "httpcore", "aiosqlite", "multipart"):
         logging.getLogger(chatty).setLevel(logging.INFO)
 
-    to_logfire = SampledLogfireHandler()
+    to_logfire = SampledLogfireHandler(request_spans)
     handlers: list[logging.Handler] = [to_logfire]
     if settings.environment == "production":
         to_stdout = JsonLinesHandler(sys.stdout)
@@ -345,7 +366,7 @@ def _forward_to_logging(message: Message) -> None:
     exc_info = None
     if exception is not None and exception.type is not None and exception.value is not None:
         exc_info = (exception.type, exception.value, exception.traceback)
-    extra = {k: v for k, v in record["extra"].items() if k not in _RECORD_ATTRIBUTES}
+    extra = {k: v for k, v in record["extra"].items() if k not in RECORD_ATTRIBUTES}
     target.handle(
         target.makeRecord(
             target.name,

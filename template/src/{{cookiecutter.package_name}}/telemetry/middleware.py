@@ -5,26 +5,30 @@ Everything per request happens here, in a single pass, so its cost is easy to se
 - an incoming `baggage` header is removed: clients must not be able to set span attributes;
 - tenant ids go into a context variable for the JSON log lines and, when the request is traced,
   into OTel baggage, which Logfire copies onto every span and log of the request;
-- one SERVER span named after the route template, read from `scope["route"]` once the router ran;
-- an unsampled request skips all attribute and exemplar work (`span.is_recording()` is False).
+- one SERVER span named after the route template, read from `scope["route"]` once the router ran:
+  built finished by spans.py once the request is over (the direct path), or started and ended
+  through Logfire's tracer;
+- an unsampled request skips all attribute, span and exemplar work.
 """
 
 from __future__ import annotations
 
-from time import perf_counter
+from time import perf_counter, time_ns
 from typing import TYPE_CHECKING
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .metrics import UNMATCHED_ROUTE, HttpMetrics
-from .sampling import decide, mark_sampled, unsampled_span
+from .sampling import decide, mark_sampled, request_span
 from .tenant import TenantHeaders, reset_request_tenant, set_request_tenant, with_tenant_baggage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from .spans import RequestSpans
 
 
 class TelemetryMiddleware:
@@ -36,6 +40,7 @@ class TelemetryMiddleware:
         tenant_headers: TenantHeaders,
         untraced_paths: Iterable[str] = (),
         sample_rate: float = 1.0,
+        request_spans: RequestSpans | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -45,6 +50,8 @@ class TelemetryMiddleware:
         self.tracer = trace.get_tracer(__name__)
         # Head sampling happens here, not in start_span: see sampling.py for why.
         self.sample_rate = sample_rate
+        # None: the SERVER span goes through Logfire's tracer (see spans.py for when).
+        self.request_spans = request_spans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.untraced_paths:
@@ -78,11 +85,14 @@ class TelemetryMiddleware:
         method = self.metrics.method_label(scope["method"])
         parent = trace.get_current_span(ctx).get_span_context()
         span: trace.Span
-        if decide(self.sample_rate, parent):
-            if tenant:
-                # Logfire copies baggage onto every span and log of a recorded trace; an
-                # unsampled one records nothing, so it skips building the baggage.
-                ctx = with_tenant_baggage(tenant.items(), ctx)
+        sampled = decide(self.sample_rate, parent)
+        # Set: this request's spans take the direct path (spans.py).
+        request_spans = self.request_spans if sampled else None
+        if sampled and tenant:
+            # Logfire copies baggage onto every span and log of a recorded trace; an unsampled
+            # one records nothing, so it skips building the baggage.
+            ctx = with_tenant_baggage(tenant.items(), ctx)
+        if sampled and request_spans is None:
             # The route is only known once the router ran: the span is renamed then. Until
             # that, the message shows the raw path (Logfire's console prints spans at start).
             span = self.tracer.start_span(
@@ -92,12 +102,13 @@ class TelemetryMiddleware:
                 attributes={"logfire.msg": f"{method} {scope['path']}"},
             )
         else:
-            span = unsampled_span(parent)
+            span = request_span(parent, sampled=sampled)
         token = context.attach(trace.set_span_in_context(span, ctx))
         tenant_token = set_request_tenant(tenant) if tenant else None
         active = self.metrics.active_for(method)
         active.inc()
         status = 500
+        error: BaseException | None = None
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -105,19 +116,37 @@ class TelemetryMiddleware:
                 status = message["status"]
             await send(message)
 
+        start_ns = time_ns() if request_spans is not None else 0
         start = perf_counter()
         try:
             await self.app(scope, receive, send_with_status)
         except BaseException as exc:
             if span.is_recording():
                 span.record_exception(exc)
+            error = exc
             raise
         finally:
             duration = perf_counter() - start
             active.dec()
             route: str | None = getattr(scope.get("route"), "path", None)
             exemplar = None
-            if span.is_recording():
+            if request_spans is not None:
+                span_context = span.get_span_context()
+                request_spans.end_server_span(
+                    span_context,
+                    parent,
+                    method=method,
+                    route=route,
+                    status=status,
+                    path=scope["path"],
+                    scheme=scope["scheme"],
+                    tenant=tenant,
+                    start=start_ns,
+                    end=start_ns + int(duration * 1e9),
+                    error=error,
+                )
+                exemplar = {"trace_id": format(span_context.trace_id, "032x")}
+            elif span.is_recording():
                 name = f"{method} {route}" if route else method
                 span.update_name(name)
                 span.set_attributes(

@@ -4,10 +4,11 @@ Logfire's sampler, `ParentBased(TraceIdRatioBased(rate))`, decides inside `start
 tracer has copied the attributes, generated ids, counted the span in the SDK's own metrics and
 wrapped it for Logfire. That is most of a span's cost, paid for 9 requests out of 10 in production
 only to be thrown away. So the middleware decides first (`decide`): an unsampled request gets a
-bare `NonRecordingSpan` with fresh ids (its log lines still carry a trace_id and span_id), a sampled
-one a real span through Logfire, started in a context marked by `mark_sampled` so that
-`HeadSampler` keeps it. Every other span (children, work outside requests) is sampled exactly as
-Logfire's own sampler would.
+bare `NonRecordingSpan` with fresh ids (its log lines still carry a trace_id and span_id). A sampled
+one gets the same with the sampled flag when spans.py builds its spans (the direct path), or a
+real span through Logfire, started in a context marked by `mark_sampled` so that `HeadSampler`
+keeps it. Every other span (children, work outside requests) is sampled exactly as Logfire's own
+sampler would.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 _SAMPLED_BY_MIDDLEWARE = context.create_key("sampled-by-middleware")
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 class HeadSampler(Sampler):
@@ -77,10 +79,18 @@ def mark_sampled(ctx: context.Context) -> context.Context:
     return context.set_value(_SAMPLED_BY_MIDDLEWARE, True, ctx)  # noqa: FBT003
 
 
-def unsampled_span(parent: SpanContext) -> NonRecordingSpan:
-    """A span that records nothing, with the ids a real one would have (for the log lines)."""
+def request_span(parent: SpanContext, *, sampled: bool) -> NonRecordingSpan:
+    """The request's span identity without an SDK span: fresh ids, the parent's trace if any.
+
+    Unsampled, it only gives the log lines their trace_id and span_id. Sampled (the direct path,
+    spans.py), it is what spans started inside the request take as their parent.
+    """
     trace_id = parent.trace_id if parent.is_valid else random.getrandbits(128) or 1
     span_context = SpanContext(
-        trace_id, random.getrandbits(64) or 1, is_remote=False, trace_flags=_NOT_SAMPLED
+        trace_id,
+        random.getrandbits(64) or 1,
+        is_remote=False,
+        trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+        trace_state=parent.trace_state if parent.is_valid else None,
     )
     return NonRecordingSpan(span_context)

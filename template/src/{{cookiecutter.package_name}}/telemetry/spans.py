@@ -1,0 +1,293 @@
+"""A traced request's own spans: its SERVER span and log records, built finished (the direct path).
+
+Through Logfire's tracer a span is started, wrapped, offered to every processor at start and at
+end, copied, scrubbed and only then queued for export: most of a traced request's cost, and the
+reason a traced request cost five times an untraced one (bench/run.py). The direct path builds
+the same spans Logfire would export (names, attributes, scopes, resource, parents) as finished
+`ReadableSpan`s once the request is over and hands them to the span processors: the OTLP exporter
+in otlp.py and any the caller passed in (the tests' in-memory one).
+
+What stays with Logfire: spans that code inside the request starts itself (`logfire.span`, httpx,
+SQLAlchemy, ...) are children of the SERVER span, whose ids are in the context; records that do
+not fit the path (below) go to Logfire's handler; and everything outside a traced request.
+
+Used when `request_spans` is `direct`: by default outside development (whose console prints
+Logfire's spans) and unless a Logfire token is configured (spans then go to Logfire's own
+exporter, which only its pipeline feeds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import traceback
+from typing import TYPE_CHECKING, cast
+
+import logfire
+from logfire.types import ExceptionCallbackHelper
+from opentelemetry import baggage, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from .logs import RECORD_ATTRIBUTES, REDACTED, is_secret_key, redact_text
+from .otlp import OtlpSpanExporter
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from opentelemetry.sdk.trace import Span, SpanProcessor
+    from opentelemetry.util.types import Attributes
+
+    from ..settings import Settings
+
+# Logfire's level numbers for the standard levels (`logfire.level_num`).
+LOGFIRE_LEVEL_NUMBERS = {
+    logging.DEBUG: 5,
+    logging.INFO: 9,
+    logging.WARNING: 13,
+    logging.ERROR: 17,
+    logging.CRITICAL: 21,
+}
+# Extra values a span attribute holds as they are; anything else (dicts, objects) goes to
+# Logfire's handler, which serialises it with a JSON schema.
+_PLAIN_VALUES = frozenset({str, int, float, bool})
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_OK = Status(StatusCode.UNSET)
+_ERROR = Status(StatusCode.ERROR)
+
+
+class RequestSpans:
+    """Builds the SERVER span and log records of traced requests and hands them to `processors`."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        processors: Sequence[SpanProcessor],
+        *,
+        server_scope: str,
+        min_level: int,
+    ) -> None:
+        self.resource = resource
+        self.processors = tuple(processors)
+        self.min_level = min_level
+        self._server_scope = InstrumentationScope(server_scope)
+        # The scope Logfire's logging handler uses, so queries by scope see no difference.
+        self._log_scope = InstrumentationScope("logfire.stdlib.logging", logfire.VERSION)
+        self._schemas: dict[tuple[str, ...], str] = {}
+
+    def end_server_span(
+        self,
+        span_context: SpanContext,
+        parent: SpanContext,
+        *,
+        method: str,
+        route: str | None,
+        status: int,
+        path: str,
+        scheme: str,
+        tenant: Mapping[str, str],
+        start: int,
+        end: int,
+        error: BaseException | None,
+    ) -> None:
+        """The finished SERVER span: what the middleware and Logfire's processors would export."""
+        shown_path = redact_text(path)
+        attributes: dict[str, str | int] = {"logfire.span_type": "span", **tenant}
+        # Logfire shows a server span as `METHOD path`; the span's name keeps the route template.
+        attributes["logfire.msg"] = f"{method} {shown_path}"
+        attributes["http.request.method"] = method
+        attributes["http.response.status_code"] = status
+        attributes["url.path"] = shown_path
+        attributes["url.scheme"] = scheme
+        if route:
+            attributes["http.route"] = route
+        failed = status >= 500 or error is not None
+        # Logfire's levels for server spans: error with the status, warning for client errors.
+        if failed:
+            attributes["logfire.level_num"] = LOGFIRE_LEVEL_NUMBERS[logging.ERROR]
+        elif status >= 400:
+            attributes["logfire.level_num"] = LOGFIRE_LEVEL_NUMBERS[logging.WARNING]
+        events: tuple[Event, ...] = ()
+        if error is not None:
+            events = (_exception_event(error, end),)
+            # What Logfire's UI groups errors into issues by.
+            attributes["logfire.exception.fingerprint"] = _issue_fingerprint(error)
+        self._finish(
+            ReadableSpan(
+                name=f"{method} {route}" if route else method,
+                context=span_context,
+                parent=parent if parent.is_valid else None,
+                resource=self.resource,
+                attributes=attributes,
+                events=events,
+                kind=SpanKind.SERVER,
+                status=_ERROR if failed else _OK,
+                start_time=start,
+                end_time=end,
+                instrumentation_scope=self._server_scope,
+            )
+        )
+
+    def log(self, record: logging.LogRecord, parent: SpanContext) -> bool:
+        """The record as the log span Logfire's handler would make; False if it does not fit.
+
+        Fits: a standard level at or above the minimum, a plain message without `%` arguments, no
+        stack, an exception only at error level and above, extras of plain values. The rest goes
+        to Logfire's handler.
+        """
+        level = LOGFIRE_LEVEL_NUMBERS.get(record.levelno)
+        message = record.msg
+        if (
+            level is None
+            or record.levelno < self.min_level
+            or record.args
+            or record.stack_info
+            or type(message) is not str
+        ):
+            return False
+        exception = record.exc_info[1] if record.exc_info else None
+        if record.exc_info and (exception is None or record.levelno < logging.ERROR):
+            return False
+        extras: dict[str, str | int | float | bool] = {}
+        for key, value in record.__dict__.items():
+            if key in RECORD_ATTRIBUTES:
+                continue
+            if type(value) not in _PLAIN_VALUES:
+                return False
+            if is_secret_key(key):
+                value = REDACTED
+            elif type(value) is str:
+                value = redact_text(value)
+            extras[key] = value
+        attributes: dict[str, str | int | float | bool] = {
+            "logfire.span_type": "log",
+            "logfire.level_num": level,
+            "logfire.msg_template": message,
+            "logfire.msg": message,
+            "code.filepath": record.pathname,
+            "code.function": record.funcName,
+            "code.lineno": record.lineno,
+            **extras,
+            "logfire.logger_name": record.name,
+            "logfire.json_schema": self._json_schema(tuple(extras)),
+        }
+        # Logfire copies the baggage (the tenant ids, set by the middleware) onto every log.
+        for key, value in baggage.get_all().items():
+            attributes.setdefault(key, str(value))
+        timestamp = int(record.created * 1e9)
+        # As Logfire marks them: an error-level log has the error status (and its exception's text).
+        status = _OK
+        events: tuple[Event, ...] = ()
+        if exception is not None:
+            status = Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}")
+            events = (_exception_event(exception, timestamp, escaped=False),)
+        elif level >= LOGFIRE_LEVEL_NUMBERS[logging.ERROR]:
+            status = _ERROR
+        self._finish(
+            ReadableSpan(
+                name=message,
+                context=SpanContext(
+                    parent.trace_id,
+                    random.getrandbits(64) or 1,
+                    is_remote=False,
+                    trace_flags=_SAMPLED,
+                    trace_state=parent.trace_state,
+                ),
+                parent=parent,
+                resource=self.resource,
+                attributes=attributes,
+                events=events,
+                kind=SpanKind.INTERNAL,
+                status=status,
+                start_time=timestamp,
+                end_time=timestamp,
+                instrumentation_scope=self._log_scope,
+            )
+        )
+        return True
+
+    def force_flush(self, timeout_millis: int) -> None:
+        for processor in self.processors:
+            processor.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        for processor in self.processors:
+            processor.shutdown()
+
+    def _finish(self, span: ReadableSpan) -> None:
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def _json_schema(self, keys: tuple[str, ...]) -> str:
+        """Logfire's `logfire.json_schema` for a log's extras: which attributes are fields."""
+        schema = self._schemas.get(keys)
+        if schema is None:
+            fields = (*keys, "logfire.logger_name")
+            properties: dict[str, dict[str, object]] = {key: {} for key in fields}
+            schema = json.dumps({"type": "object", "properties": properties}, separators=(",", ":"))
+            if len(self._schemas) < 1024:
+                self._schemas[keys] = schema
+        return schema
+
+
+def _exception_event(error: BaseException, timestamp: int, *, escaped: bool = True) -> Event:
+    """The `exception` event OpenTelemetry's `record_exception` adds."""
+    attributes: Attributes = {
+        "exception.type": type(error).__qualname__,
+        "exception.message": str(error),
+        "exception.stacktrace": "".join(traceback.format_exception(error)),
+        "exception.escaped": str(escaped),
+    }
+    return Event("exception", attributes, timestamp)
+
+
+def _issue_fingerprint(error: BaseException) -> str:
+    """Logfire's fingerprint of an exception: a hash of its canonical traceback."""
+    helper = ExceptionCallbackHelper(
+        span=cast("Span", trace.INVALID_SPAN), exception=error, event_attributes={}
+    )
+    return hashlib.sha256(helper.issue_fingerprint_source.encode()).hexdigest()
+
+
+def logfire_has_token() -> bool:
+    """Whether Logfire was configured with a token (it then exports to its platform itself)."""
+    config = getattr(trace.get_tracer_provider(), "config", None)
+    # Unknown (another provider, a changed Logfire): assume it does, and keep Logfire's path.
+    return config is None or bool(getattr(config, "token", True))
+
+
+# The process's OTLP exporter for request spans: replaced, not added to, when the service is
+# configured again (tests build many apps in one process).
+_exporter: OtlpSpanExporter | None = None
+
+
+def request_spans_for(
+    settings: Settings, processors: Sequence[SpanProcessor], *, server_scope: str
+) -> RequestSpans | None:
+    """The direct path for these settings, or None for Logfire's path (call after Logfire)."""
+    global _exporter  # one per process, like Logfire's own exporters
+    if _exporter is not None:
+        _exporter.shutdown()
+        _exporter = None
+    path = settings.request_spans
+    if path is None:
+        logfire_only = settings.environment == "development" or logfire_has_token()
+        path = "logfire" if logfire_only else "direct"
+    if path == "logfire":
+        return None
+    provider = trace.get_tracer_provider()
+    sdk_provider = getattr(provider, "provider", provider)
+    resource = getattr(sdk_provider, "resource", None)
+    if not isinstance(resource, Resource):
+        return None
+    _exporter = OtlpSpanExporter.from_environment(resource)
+    return RequestSpans(
+        resource,
+        [*processors, *([_exporter] if _exporter is not None else [])],
+        server_scope=server_scope,
+        min_level=logging.getLevelName(settings.effective_log_level.upper()),
+    )

@@ -1,0 +1,192 @@
+"""Telemetry contract: the direct path (telemetry/spans.py) exports what Logfire's path exports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from logfire.testing import CaptureLogfire
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import StatusCode
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.settings import RequestSpanPath
+
+from conftest import (
+    TENANT_ATTRIBUTES,
+    TENANT_HEADERS,
+    finished_spans,
+    logs_named,
+    make_settings,
+    server_spans,
+)
+from otlp_receiver import OtlpReceiver, start_receiver
+
+logger = logging.getLogger("tests.request_spans")
+
+
+def app_for(
+    capfire: CaptureLogfire, path: RequestSpanPath | None = None, **settings: Any
+) -> FastAPI:
+    app = create_app(
+        make_settings(request_spans=path, **settings),
+        additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
+    )
+
+    async def formatted() -> dict[str, str]:
+        logger.info("probe.formatted %s", "value")
+        return {}
+
+    async def error_level() -> dict[str, str]:
+        logger.error("probe.error_level", extra={"attempt": 3, "ratio": 0.5, "retry": False})
+        return {}
+
+    async def secrets() -> dict[str, str]:
+        logger.info("probe.secrets", extra={"password": "hunter2", "note": "my token is abc123"})
+        return {}
+
+    async def failing() -> dict[str, str]:
+        try:
+            raise KeyError("missing")
+        except KeyError:
+            logger.exception("probe.failed")
+        raise RuntimeError("boom")
+
+    app.add_api_route("/probe/formatted", formatted)
+    app.add_api_route("/probe/error-level", error_level)
+    app.add_api_route("/probe/secrets", secrets)
+    app.add_api_route("/probe/failing", failing)
+    return app
+
+
+def shape(span: ReadableSpan) -> dict[str, Any]:
+    """What the exported span says, without what differs from one run to the next."""
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,
+        "status": (span.status.status_code, span.status.description),
+        "attributes": dict(span.attributes or {}),
+        "events": [(event.name, sorted(event.attributes or {})) for event in span.events],
+        "has_parent": span.parent is not None,
+    }
+
+
+def request_shapes(
+    capfire: CaptureLogfire, path: RequestSpanPath, url: str
+) -> list[dict[str, Any]]:
+    capfire.exporter.clear()
+    with TestClient(app_for(capfire, path), raise_server_exceptions=False) as client:
+        client.get(url, headers=TENANT_HEADERS)
+    spans = [s for s in finished_spans(capfire) if s.parent is not None or s.kind.name == "SERVER"]
+    return sorted((shape(span) for span in spans), key=lambda s: str(s["name"]))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/items/2",
+        "/items/999",
+        "/no/such/path",
+        "/probe/formatted",
+        "/probe/error-level",
+        "/probe/failing",
+    ],
+)
+def test_both_paths_export_the_same_spans(capfire: CaptureLogfire, url: str) -> None:
+    direct = request_shapes(capfire, "direct", url)
+    through_logfire = request_shapes(capfire, "logfire", url)
+
+    assert direct == through_logfire
+    assert direct  # a request always has its SERVER span
+
+
+def test_the_log_span_is_a_child_of_the_server_span(capfire: CaptureLogfire) -> None:
+    with TestClient(app_for(capfire, "direct")) as client:
+        client.get("/items/2", headers=TENANT_HEADERS)
+
+    [server] = server_spans(capfire)
+    [log] = logs_named(capfire, "item.fetched")
+    assert log.parent is not None
+    assert (log.parent.trace_id, log.parent.span_id) == (
+        server.context.trace_id,
+        server.context.span_id,
+    )
+    assert {k: (log.attributes or {})[k] for k in TENANT_ATTRIBUTES} == TENANT_ATTRIBUTES
+    assert (log.attributes or {})["item_id"] == 2
+
+
+def test_direct_log_spans_redact_credentials(capfire: CaptureLogfire) -> None:
+    with TestClient(app_for(capfire, "direct")) as client:
+        client.get("/probe/secrets")
+
+    [log] = logs_named(capfire, "probe.secrets")
+    attributes = dict(log.attributes or {})
+    assert attributes["password"] == attributes["note"] == "[redacted]"
+    exported = str([dict(s.attributes or {}) for s in finished_spans(capfire)])
+    assert "hunter2" not in exported
+    assert "abc123" not in exported
+
+
+def test_a_path_that_looks_like_a_credential_is_redacted(capfire: CaptureLogfire) -> None:
+    with TestClient(app_for(capfire, "direct")) as client:
+        client.get("/reset-password/abc123")
+
+    [server] = server_spans(capfire)
+    attributes = dict(server.attributes or {})
+    assert attributes["url.path"] == "[redacted]"
+    assert "abc123" not in str(attributes)
+
+
+def test_an_escaping_exception_is_recorded_on_the_server_span(capfire: CaptureLogfire) -> None:
+    with TestClient(app_for(capfire, "direct"), raise_server_exceptions=False) as client:
+        assert client.get("/probe/failing").status_code == 500
+
+    [server] = server_spans(capfire)
+    assert server.status.status_code is StatusCode.ERROR
+    [event] = server.events
+    assert event.name == "exception"
+    assert (event.attributes or {})["exception.type"] == "RuntimeError"
+    [failed] = logs_named(capfire, "probe.failed")
+    assert failed.parent is not None
+    assert failed.parent.span_id == server.context.span_id
+    assert [e.name for e in failed.events] == ["exception"]
+
+
+def test_development_and_an_explicit_choice_keep_logfires_path(capfire: CaptureLogfire) -> None:
+    assert app_for(capfire, None, environment="development").state.request_spans is None
+    assert app_for(capfire, "logfire").state.request_spans is None
+    assert app_for(capfire, None).state.request_spans is not None
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
+    receiver = start_receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    yield receiver
+    receiver.server.shutdown()
+
+
+def test_a_traced_request_reaches_the_collector(
+    capfire: CaptureLogfire, receiver: OtlpReceiver
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    with TestClient(app_for(capfire)) as client:  # leaving it runs the shutdown flush
+        client.get("/items/2", headers={**TENANT_HEADERS, "traceparent": traceparent})
+
+    received = receiver.spans()
+    [server] = [s for s in received if s.name == "GET /items/{item_id}"]
+    [log] = [s for s in received if s.name == "item.fetched"]
+    assert server.span.trace_id.hex() == trace_id
+    assert server.span.parent_span_id.hex() == "00f067aa0ba902b7"
+    assert server.attributes["http.response.status_code"] == 200
+    assert {k: server.attributes[k] for k in TENANT_ATTRIBUTES} == TENANT_ATTRIBUTES
+    assert log.span.parent_span_id == server.span.span_id
+    assert log.attributes["item_id"] == 2
+    assert server.resource["service.name"] == "{{ cookiecutter.project_slug }}"
