@@ -124,7 +124,8 @@ def serve_and_count(mode: str, requests: int) -> None:
     sink = bench.Sink()
     port = bench.free_port()
     command, env = bench.mode_command(mode, sink, port)
-    env.update({k: v for k, v in os.environ.items() if k.startswith(("LOGFIRE_", "OTEL_BSP_"))})
+    # The NAME=VALUE pairs from the command line (mode_command drops inherited OTEL_ variables).
+    env.update({k: os.environ[k] for k in os.environ.get("INSTRUCTIONS_ENV", "").split(",") if k})
     valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     server = subprocess.Popen(
         [*valgrind, *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -163,6 +164,7 @@ def count_server(service: Path, mode: str, requests: int, env: dict[str, str]) -
     command = [str(service / ".venv" / "bin" / "python"), str(Path(__file__).resolve())]
     command += ["--serve-and-count", mode, str(requests)]
     environment = {**os.environ, **env, "PYTHONPATH": str(service / "bench")}
+    environment["INSTRUCTIONS_ENV"] = ",".join(env)
     done = subprocess.run(command, cwd=service, env=environment, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not done.stdout.strip().isdigit():
         raise SystemExit(
