@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ from .db import Database
 {%- endif %}
 from .settings import Settings
 from .telemetry import configure_telemetry
+from .telemetry.events import EventLog
 from .telemetry.metrics import HttpMetrics, {% if not cookiecutter.metrics_separate_port %}metrics_endpoint, {% endif %}multiprocess_dir
 from .telemetry.middleware import TelemetryMiddleware
 from .telemetry.tenant import TenantHeaders
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from .telemetry.spans import RequestSpans
 
-logger = logging.getLogger(__name__)
+events = EventLog(__name__)
 
 # Probes and scrapes: not traced, not counted.
 UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -57,12 +57,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # (bench/run.py: production p99 about a third lower).
     gc.freeze()
     app.state.ready = True
-    logger.info("service.started", extra={"environment": settings.environment})
+    events.info("service.started", environment=settings.environment)
     try:
         yield
     finally:
         app.state.ready = False
-        logger.info("service.stopping")
+        events.info("service.stopping")
 {%- if cookiecutter.with_sqlalchemy %}
         await database.dispose()
 {%- endif %}

@@ -37,7 +37,7 @@ from .logs import RECORD_ATTRIBUTES, REDACTED, is_secret_key, redact_text
 from .otlp import OtlpSpanExporter
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from opentelemetry.sdk.trace import Span, SpanProcessor
     from opentelemetry.util.types import Attributes
@@ -139,21 +139,49 @@ class RequestSpans:
         stack, an exception only at error level and above, extras of plain values. The rest goes
         to Logfire's handler.
         """
-        level = LOGFIRE_LEVEL_NUMBERS.get(record.levelno)
         message = record.msg
-        if (
-            level is None
-            or record.levelno < self.min_level
-            or record.args
-            or record.stack_info
-            or type(message) is not str
-        ):
+        if record.args or record.stack_info or type(message) is not str:
             return False
         exception = record.exc_info[1] if record.exc_info else None
         if record.exc_info and (exception is None or record.levelno < logging.ERROR):
             return False
+        return self.log_event(
+            record.levelno,
+            message,
+            record.__dict__.items(),
+            parent=parent,
+            logger=record.name,
+            created=record.created,
+            filepath=record.pathname,
+            lineno=record.lineno,
+            function=record.funcName,
+            exception=exception,
+        )
+
+    def log_event(
+        self,
+        levelno: int,
+        message: str,
+        fields: Iterable[tuple[str, object]],
+        *,
+        parent: SpanContext,
+        logger: str,
+        created: float,
+        filepath: str,
+        lineno: int,
+        function: str,
+        exception: BaseException | None = None,
+    ) -> bool:
+        """A log span, as Logfire's handler makes one from a record; False if it does not fit.
+
+        `fields` may be a record's whole `__dict__`: its standard attributes are skipped. They
+        must be plain values (str, int, float, bool).
+        """
+        level = LOGFIRE_LEVEL_NUMBERS.get(levelno)
+        if level is None or levelno < self.min_level:
+            return False
         extras: dict[str, str | int | float | bool] = {}
-        for key, value in record.__dict__.items():
+        for key, value in fields:
             if key in RECORD_ATTRIBUTES:
                 continue
             if type(value) not in _PLAIN_VALUES:
@@ -162,23 +190,23 @@ class RequestSpans:
                 value = REDACTED
             elif type(value) is str:
                 value = redact_text(value)
-            extras[key] = value
+            extras[key] = value  # type: ignore[assignment]
         attributes: dict[str, str | int | float | bool] = {
             "logfire.span_type": "log",
             "logfire.level_num": level,
             "logfire.msg_template": message,
             "logfire.msg": message,
-            "code.filepath": record.pathname,
-            "code.function": record.funcName,
-            "code.lineno": record.lineno,
+            "code.filepath": filepath,
+            "code.function": function,
+            "code.lineno": lineno,
             **extras,
-            "logfire.logger_name": record.name,
+            "logfire.logger_name": logger,
             "logfire.json_schema": self._json_schema(tuple(extras)),
         }
         # Logfire copies the baggage (the tenant ids, set by the middleware) onto every log.
         for key, value in baggage.get_all().items():
             attributes.setdefault(key, str(value))
-        timestamp = int(record.created * 1e9)
+        timestamp = int(created * 1e9)
         # As Logfire marks them: an error-level log has the error status (and its exception's text).
         status = _OK
         events: tuple[Event, ...] = ()

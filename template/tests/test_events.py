@@ -1,0 +1,174 @@
+"""Telemetry contract: an event (telemetry/events.py) is what the same std-logging record is."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from logfire.testing import CaptureLogfire
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.telemetry.events import EventLog
+from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging
+
+from conftest import TENANT_HEADERS, logs_named, make_settings
+
+NAME = "tests.events"
+events = EventLog(NAME)
+logger = logging.getLogger(NAME)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    yield
+    logger.setLevel(logging.NOTSET)
+    # The stdout handler installed by a test points at pytest's capture, which is closed after it.
+    configure_logging(make_settings())
+
+
+def app_with_probes(capfire: CaptureLogfire, **settings: Any) -> FastAPI:
+    app = create_app(
+        make_settings(**settings),
+        additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
+    )
+
+    async def both() -> dict[str, str]:
+        events.info("probe.both", count=2, label="x", ratio=0.5, ok=True, password="hunter2")
+        logger.info(
+            "probe.both",
+            extra={"count": 2, "label": "x", "ratio": 0.5, "ok": True, "password": "hunter2"},
+        )
+        return {}
+
+    async def one() -> dict[str, str]:
+        events.info("probe.one", count=1)
+        return {}
+
+    async def nested() -> dict[str, str]:
+        events.warning("probe.nested", payload={"a": [1, 2]})
+        return {}
+
+    app.add_api_route("/probe/both", both)
+    app.add_api_route("/probe/one", one)
+    app.add_api_route("/probe/nested", nested)
+    return app
+
+
+def json_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    out = capsys.readouterr().out
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k not in keys}
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_an_events_json_line_is_the_records(
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str], rate: float
+) -> None:
+    app = app_with_probes(capfire, environment="production", logfire_trace_sample_rate=rate)
+    with TestClient(app) as client:
+        client.get("/probe/both", headers=TENANT_HEADERS)
+
+    event, record = [line for line in json_lines(capsys) if line["message"] == "probe.both"]
+    assert without(event, "timestamp") == without(record, "timestamp")
+    assert event["password"] == "[redacted]"
+    assert event["logger"] == NAME
+    assert event["account_id"] == TENANT_HEADERS["X-Account-Id"]
+
+
+def shape(span: ReadableSpan) -> dict[str, Any]:
+    attributes = without(dict(span.attributes or {}), "code.lineno")
+    status = span.status.status_code
+    return {"name": span.name, "parent": span.parent, "status": status, **attributes}
+
+
+def test_an_events_log_span_is_the_records(capfire: CaptureLogfire) -> None:
+    with TestClient(app_with_probes(capfire)) as client:
+        client.get("/probe/both", headers=TENANT_HEADERS)
+
+    event, record = logs_named(capfire, "probe.both")
+    assert shape(event) == shape(record)
+    assert (event.attributes or {})["code.function"] == "both"
+    assert (event.attributes or {})["password"] == "[redacted]"
+
+
+def test_a_field_logfire_must_serialise_goes_through_its_handler_once(
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = app_with_probes(capfire, environment="production", logfire_trace_sample_rate=1.0)
+    with TestClient(app) as client:
+        client.get("/probe/nested")
+
+    [line] = [line for line in json_lines(capsys) if line["message"] == "probe.nested"]
+    assert line["payload"] == {"a": [1, 2]}
+    [span] = logs_named(capfire, "probe.nested")
+    assert json.loads(str((span.attributes or {})["payload"])) == {"a": [1, 2]}
+    assert (span.attributes or {})["code.function"] == "nested"
+
+
+class Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_handler_someone_added_still_receives_events(capfire: CaptureLogfire) -> None:
+    app = app_with_probes(capfire)
+    kept = Keep()
+    logging.getLogger().addHandler(kept)
+    try:
+        with TestClient(app) as client:
+            client.get("/probe/one")
+    finally:
+        logging.getLogger().removeHandler(kept)
+
+    [record] = [r for r in kept.records if r.msg == "probe.one"]
+    assert record.count == 1  # type: ignore[attr-defined]
+    assert record.funcName == "one"
+    assert record.pathname == __file__
+    assert len(logs_named(capfire, "probe.one")) == 1
+
+
+def test_events_follow_the_loggers_level(
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = app_with_probes(capfire, environment="production", logfire_trace_sample_rate=1.0)
+    logger.setLevel(logging.WARNING)
+    with TestClient(app) as client:
+        client.get("/probe/one")
+
+    assert [line for line in json_lines(capsys) if line["message"] == "probe.one"] == []
+    assert logs_named(capfire, "probe.one") == []
+
+
+def test_outside_a_request_an_event_is_an_ordinary_record(
+    capfire: CaptureLogfire, caplog: pytest.LogCaptureFixture
+) -> None:
+    app_with_probes(capfire)
+    with caplog.at_level(logging.INFO, logger=NAME):
+        events.info("probe.outside", count=3)
+
+    [record] = [r for r in caplog.records if r.msg == "probe.outside"]
+    assert record.count == 3  # type: ignore[attr-defined]
+    [span] = logs_named(capfire, "probe.outside")
+    assert (span.attributes or {})["count"] == 3
+
+
+def test_a_field_named_like_a_record_attribute_is_refused(capfire: CaptureLogfire) -> None:
+    app_with_probes(capfire)
+    with pytest.raises(KeyError, match="message"):
+        events.info("probe.clash", message="no")
