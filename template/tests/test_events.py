@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -16,7 +17,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.events import EventLog
-from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging
+from {{ cookiecutter.package_name }}.telemetry.logs import (
+    JsonLinesHandler,
+    SampledLogfireHandler,
+    configure_logging,
+)
 
 from conftest import TENANT_HEADERS, logs_named, make_settings
 
@@ -31,6 +36,37 @@ def _restore_logging() -> Iterator[None]:
     logger.setLevel(logging.NOTSET)
     # The stdout handler installed by a test points at pytest's capture, which is closed after it.
     configure_logging(make_settings())
+
+
+@pytest.fixture
+def records(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Messages of the LogRecords made during the test: tells which way an event went."""
+    made: list[str] = []
+    make_record = logging.Logger.makeRecord
+
+    def spy(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(self, *args, **kwargs)
+        made.append(record.msg)
+        return record
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", spy)
+    return made
+
+
+@contextmanager
+def service_handlers_only() -> Iterator[None]:
+    """The root logger with the service's handlers alone, as in the running service.
+
+    pytest adds its capture handler to the root logger, and with another handler listening an
+    event goes through standard logging like any record.
+    """
+    root = logging.getLogger()
+    saved = root.handlers
+    root.handlers = [h for h in saved if isinstance(h, (SampledLogfireHandler, JsonLinesHandler))]
+    try:
+        yield
+    finally:
+        root.handlers = saved
 
 
 def app_with_probes(capfire: CaptureLogfire, **settings: Any) -> FastAPI:
@@ -74,12 +110,13 @@ def without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_an_events_json_line_is_the_records(
-    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str], rate: float
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str], records: list[str], rate: float
 ) -> None:
     app = app_with_probes(capfire, environment="production", logfire_trace_sample_rate=rate)
-    with TestClient(app) as client:
+    with TestClient(app) as client, service_handlers_only():
         client.get("/probe/both", headers=TENANT_HEADERS)
 
+    assert records.count("probe.both") == 1, "the event wrote its line without a record"
     event, record = [line for line in json_lines(capsys) if line["message"] == "probe.both"]
     assert without(event, "timestamp") == without(record, "timestamp")
     assert event["password"] == "[redacted]"
@@ -93,10 +130,11 @@ def shape(span: ReadableSpan) -> dict[str, Any]:
     return {"name": span.name, "parent": span.parent, "status": status, **attributes}
 
 
-def test_an_events_log_span_is_the_records(capfire: CaptureLogfire) -> None:
-    with TestClient(app_with_probes(capfire)) as client:
+def test_an_events_log_span_is_the_records(capfire: CaptureLogfire, records: list[str]) -> None:
+    with TestClient(app_with_probes(capfire)) as client, service_handlers_only():
         client.get("/probe/both", headers=TENANT_HEADERS)
 
+    assert records.count("probe.both") == 1, "the event made its span without a record"
     event, record = logs_named(capfire, "probe.both")
     assert shape(event) == shape(record)
     assert (event.attributes or {})["code.function"] == "both"
@@ -104,11 +142,13 @@ def test_an_events_log_span_is_the_records(capfire: CaptureLogfire) -> None:
 
 
 def test_a_field_logfire_must_serialise_goes_through_its_handler_once(
-    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str], records: list[str]
 ) -> None:
     app = app_with_probes(capfire, environment="production", logfire_trace_sample_rate=1.0)
-    with TestClient(app) as client:
+    with TestClient(app) as client, service_handlers_only():
         client.get("/probe/nested")
+
+    assert records.count("probe.nested") == 1
 
     [line] = [line for line in json_lines(capsys) if line["message"] == "probe.nested"]
     assert line["payload"] == {"a": [1, 2]}
@@ -148,7 +188,7 @@ def test_events_follow_the_loggers_level(
 ) -> None:
     app = app_with_probes(capfire, environment="production", logfire_trace_sample_rate=1.0)
     logger.setLevel(logging.WARNING)
-    with TestClient(app) as client:
+    with TestClient(app) as client, service_handlers_only():
         client.get("/probe/one")
 
     assert [line for line in json_lines(capsys) if line["message"] == "probe.one"] == []

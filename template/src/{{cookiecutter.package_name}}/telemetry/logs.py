@@ -344,7 +344,7 @@ class SampledLogfireHandler(logfire.LogfireLoggingHandler):
 
 @dataclass(frozen=True, slots=True)
 class EventRoute:
-    """Where events.py writes directly: valid while the root logger has exactly `handlers`."""
+    """Where events.py writes directly: valid while the root logger has `handlers` and no other."""
 
     handlers: list[logging.Handler]
     json_lines: JsonLinesHandler | None
@@ -386,7 +386,7 @@ def configure_logging(settings: Settings, request_spans: RequestSpans | None = N
         setattr(handler, _OWNED, True)
         root.addHandler(handler)
     global _event_route  # replaced whole, like the handlers
-    _event_route = EventRoute(list(root.handlers), to_stdout, request_spans)
+    _event_route = EventRoute(handlers, to_stdout, request_spans)
 {%- if cookiecutter.with_loguru %}
     _bridge_loguru()
 
