@@ -11,7 +11,9 @@ thread (spans go to the benchmark's local OTLP sink).
 MODE is one of the service benchmark's apps: `bare`, `bare-jsonlines`, `bare-record` (bare plus a
 standard logging record per request, handled by a handler that does nothing) or `production`
 (the service's `create_app` with ENVIRONMENT=production). NAME=VALUE pairs are set in the
-service's environment, e.g. `LOGFIRE_TRACE_SAMPLE_RATE=0`. Needs valgrind and `uv sync` in
+service's environment, e.g. `LOGFIRE_TRACE_SAMPLE_RATE=0`. For modes that export spans, add
+`OTEL_BSP_SCHEDULE_DELAY=600000`: valgrind slows the server down so much that time-based exports
+would send far more, smaller bodies than a loaded server does. Needs valgrind and `uv sync` in
 SERVICE_DIR. This measures the Python work per request; wrk in `bench/run.py` measures throughput.
 """
 
