@@ -26,10 +26,9 @@ from opentelemetry import trace
 from opentelemetry.trace import TraceFlags
 
 from .logs import RECORD_ATTRIBUTES, event_route, json_line
+from .spans import PLAIN_VALUES
 
 _LEVEL_NAMES = {level: logging.getLevelName(level).lower() for level in (10, 20, 30, 40, 50)}
-# What a span attribute holds as it is (spans.py); other values need Logfire's serialisation.
-_PLAIN_VALUES = frozenset({str, int, float, bool})
 _ROOT = logging.getLogger()
 
 
@@ -66,7 +65,7 @@ class EventLog:
             or _ROOT.handlers != route.handlers
             or not self._nothing_else_listens(level, route.json_lines)
             or not fields.keys().isdisjoint(RECORD_ATTRIBUTES)
-            or (sampled and not all(type(value) in _PLAIN_VALUES for value in fields.values()))
+            or (sampled and not all(type(value) in PLAIN_VALUES for value in fields.values()))
         ):
             # As a record: Logfire's handler takes it (outside a request, Logfire's path, fields
             # it must serialise), and so does anything else listening. A field named like a

@@ -54,7 +54,7 @@ LOGFIRE_LEVEL_NUMBERS = {
 }
 # Extra values a span attribute holds as they are; anything else (dicts, objects) goes to
 # Logfire's handler, which serialises it with a JSON schema.
-_PLAIN_VALUES = frozenset({str, int, float, bool})
+PLAIN_VALUES = frozenset({str, int, float, bool})
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
@@ -184,7 +184,7 @@ class RequestSpans:
         for key, value in fields:
             if key in RECORD_ATTRIBUTES:
                 continue
-            if type(value) not in _PLAIN_VALUES:
+            if type(value) not in PLAIN_VALUES:
                 return False
             if is_secret_key(key):
                 value = REDACTED
