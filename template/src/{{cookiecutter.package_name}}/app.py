@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -72,12 +73,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics_server.server_close()
 {%- endif %}
         # uvicorn re-raises SIGTERM once shutdown is done, so atexit hooks never run: without this
-        # flush the last spans, logs and metrics would be lost. Bounded: the collector may be down.
-        timeout_millis = int(settings.shutdown_flush_timeout_seconds * 1000)
+        # flush the last spans, logs and metrics would be lost. Bounded, both flushes together:
+        # the collector may be down.
+        deadline = time.monotonic() + settings.shutdown_flush_timeout_seconds
         request_spans: RequestSpans | None = app.state.request_spans
         if request_spans is not None:
-            request_spans.force_flush(timeout_millis)
-        logfire.force_flush(timeout_millis=timeout_millis)
+            request_spans.force_flush(int(settings.shutdown_flush_timeout_seconds * 1000))
+        remaining_millis = int(max(0.0, deadline - time.monotonic()) * 1000)
+        logfire.force_flush(timeout_millis=remaining_millis)
 
 
 def create_app(
