@@ -66,7 +66,7 @@ def _any_value(value: object) -> bytes:
         return _field(b"\x0a", value.encode("utf-8", "replace"))
     if type(value) is bool:
         return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):  # bool, an int too, was handled above
         if -_INT64_MAX - 1 <= value <= _INT64_MAX:
             return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
         return _field(b"\x0a", str(value).encode())
@@ -89,13 +89,13 @@ _MAX_CACHED_ATTRIBUTES = 4096
 
 
 def _span_attribute(key: str, value: object) -> bytes:
-    """Encodes (and keeps) one attribute; `_span` looks in the cache itself first."""
+    """Encodes (and keeps) one attribute; `_span` looks in the cache itself first.
+
+    Only called once that lookup worked, so the value is hashable.
+    """
     encoded = _field(b"\x4a", _key_value(key, value))
-    try:
-        if len(_SPAN_ATTRIBUTES) < _MAX_CACHED_ATTRIBUTES:
-            _SPAN_ATTRIBUTES[key, type(value), value] = encoded
-    except TypeError:  # an unhashable value (a list)
-        pass
+    if len(_SPAN_ATTRIBUTES) < _MAX_CACHED_ATTRIBUTES:
+        _SPAN_ATTRIBUTES[key, type(value), value] = encoded
     return encoded
 
 
@@ -295,14 +295,15 @@ class OtlpSpanExporter(SpanProcessor):
         if endpoint is None:
             return None
         compression = (_variable("COMPRESSION") or "").lower() or None
+        default_delay_ms = EXPORT_INTERVAL_SECONDS * 1000
+        delay_ms = _number(os.environ.get("OTEL_BSP_SCHEDULE_DELAY"), default_delay_ms)
         return cls(
             endpoint,
             resource,
             headers=_headers(_variable("HEADERS")),
             timeout=_number(_variable("TIMEOUT"), 10.0),
             compression=compression,
-            interval=_number(os.environ.get("OTEL_BSP_SCHEDULE_DELAY"), 0) / 1000
-            or EXPORT_INTERVAL_SECONDS,
+            interval=delay_ms / 1000,
             max_queue=int(_number(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"), MAX_QUEUE)),
         )
 
