@@ -64,7 +64,13 @@ def template_files(repo: Path = REPO_DIR) -> list[str]:
 
 
 def snapshot_template(dest: Path, repo: Path = REPO_DIR) -> Path:
-    """Copy the template's working tree into `dest` as a clean git repository with one commit."""
+    """Copy the template's working tree into `dest` as a clean git repository with one commit.
+
+    The repository itself lives beside `dest` (`dest/.git` is only a pointer): copier runs
+    `git status` in the template, which always creates and removes `.git/index.lock`, while
+    cookiecutter copies the whole template folder to run the pre-prompt hook. With the
+    repository inside, a worker's copy could meet that lock file vanishing and fail.
+    """
     dest.mkdir(parents=True)
     for name in template_files(repo):
         source, target = repo / name, dest / name
@@ -73,7 +79,7 @@ def snapshot_template(dest: Path, repo: Path = REPO_DIR) -> Path:
             os.symlink(os.readlink(source), target)
         else:
             shutil.copy2(source, target)
-    git(dest, "init", "-q")
+    git(dest, "init", "-q", f"--separate-git-dir={dest.with_name(dest.name + '.git')}")
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", "Template snapshot for tests")
     return dest
