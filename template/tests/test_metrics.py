@@ -14,11 +14,18 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from starlette.types import Message, Scope
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.telemetry.metrics import (
+    HttpMetrics,
+    InMemoryHttpMetrics,
+    MultiprocessHttpMetrics,
+)
 
 from conftest import make_settings, scrape, server_spans
 
@@ -240,3 +247,65 @@ def test_ten_thousand_junk_requests_add_no_series(capfire: CaptureLogfire) -> No
     assert set(statuses) <= {404, 405}, "a junk path matched a real route"
     assert after == before
     assert unmatched == 10_000 + len(methods) + 1
+
+
+def _exposed(metrics: HttpMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics.registry).decode()  # type: ignore[no-untyped-call]
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)  # type: ignore[no-untyped-call]
+        for sample in family.samples
+        # prometheus-client's own metrics add creation times; process_* differ per collector.
+        if not sample.name.endswith("_created") and not sample.name.startswith("process_")
+    }
+
+
+def test_in_memory_metrics_expose_what_prometheus_client_would() -> None:
+    """The one-process store against prometheus-client's own metrics, fed the same requests.
+
+    Outside multiprocess mode (PROMETHEUS_MULTIPROC_DIR unset when prometheus-client was first
+    imported) `MultiprocessHttpMetrics` keeps its values in memory: its metrics are plain
+    prometheus-client metrics here, the reference for bucket bounds, counts, sums and names.
+    """
+    in_memory = InMemoryHttpMetrics(CollectorRegistry(), max_accounts=2)
+    reference = MultiprocessHttpMetrics(CollectorRegistry(), max_accounts=2, path="unused")
+    # Every bucket, its bounds exactly, and past the last one.
+    durations = [0.005, 0.0051, 0.1, 10.0, 10.5, 0.0, *(step * 0.0613 for step in range(200))]
+    for index, duration in enumerate(durations):
+        method = ("GET", "POST")[index % 2]
+        route = ("/items/{item_id}", "unmatched")[index % 3 == 0]
+        status = (200, 404, 500)[index % 3]
+        account = (None, "acct-a", "acct-b", "acct-c")[index % 4]
+        for metrics in (in_memory, reference):
+            metrics.request_started(method)
+            if index % 5:
+                metrics.request_finished(method, route, status, duration, account, "ab" * 16)
+    for metrics in (in_memory, reference):
+        metrics.header_rejections.labels("session_id").inc()
+    exposed = _exposed(in_memory)
+    assert exposed == _exposed(reference)
+    assert exposed[("http_server_active_requests", (("http_request_method", "GET"),))] > 0
+    assert exposed[("tenant_requests_total", (("account_id", "other"), ("outcome", "success")))]
+
+
+def test_in_memory_metrics_keep_the_latest_exemplar_per_bucket() -> None:
+    metrics = InMemoryHttpMetrics(CollectorRegistry(), max_accounts=1)
+    for trace_id, duration in (
+        ("a" * 32, 0.003),
+        (None, 0.004),
+        ("b" * 32, 0.2),
+        ("c" * 32, 0.004),
+    ):
+        metrics.request_started("GET")
+        metrics.request_finished("GET", "/items/{item_id}", 200, duration, None, trace_id)
+    text = generate_latest(metrics.registry).decode()  # type: ignore[no-untyped-call]
+    exemplars = {
+        sample.labels["le"]: sample.exemplar
+        for family in text_string_to_metric_families(text)  # type: ignore[no-untyped-call]
+        for sample in family.samples
+        if sample.name == f"{DURATION}_bucket" and sample.exemplar is not None
+    }
+    assert {le: (e.labels["trace_id"], e.value) for le, e in exemplars.items()} == {
+        "0.005": ("c" * 32, 0.004),
+        "0.25": ("b" * 32, 0.2),
+    }

@@ -133,7 +133,8 @@ def test_a_dead_workers_in_progress_requests_are_dropped(
     with TestClient(worker_app()) as doomed:
         doomed.get("/items/1")
         metrics: HttpMetrics = doomed.app.state.metrics  # type: ignore[attr-defined]
-        metrics.active_for("GET").inc(2)  # two requests in flight when the worker is killed
+        for _ in range(2):  # two requests in flight when the worker is killed
+            metrics.request_started("GET")
         as_worker(2002, monkeypatch)
         with TestClient(worker_app()) as survivor:
             survivor.get("/items/1")

@@ -20,7 +20,7 @@ from .db import Database
 from .settings import Settings
 from .telemetry import configure_telemetry
 from .telemetry.events import EventLog
-from .telemetry.metrics import HttpMetrics, {% if not cookiecutter.metrics_separate_port %}metrics_endpoint, {% endif %}multiprocess_dir
+from .telemetry.metrics import http_metrics, {% if not cookiecutter.metrics_separate_port %}metrics_endpoint, {% endif %}multiprocess_dir
 from .telemetry.middleware import TelemetryMiddleware
 from .telemetry.tenant import TenantHeaders
 
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace import SpanProcessor
 
-    from .telemetry.spans import RequestSpans
+{% if cookiecutter.metrics_separate_port %}    from .telemetry.metrics import HttpMetrics
+{% endif %}    from .telemetry.spans import RequestSpans
 
 events = EventLog(__name__)
 
@@ -96,7 +97,7 @@ def create_app(
         additional_span_processors=additional_span_processors,
         metric_readers=metric_readers,
     )
-    metrics = HttpMetrics(
+    metrics = http_metrics(
         CollectorRegistry(),
         max_accounts=settings.tenant_metrics_max_accounts,
         multiprocess_dir=multiprocess_dir(),

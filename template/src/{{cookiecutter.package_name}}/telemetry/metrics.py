@@ -1,23 +1,39 @@
 """Prometheus RED metrics, in a registry owned by the app (not prometheus-client's global one).
 
 Two modes, chosen once at startup (nothing changes per request):
-- one process (the default: one uvicorn per container, scale by replicas): values live in memory,
-  /metrics serves the app's registry, the duration histogram carries exemplars;
-- several worker processes (gunicorn, see gunicorn.conf.py): PROMETHEUS_MULTIPROC_DIR is set, every
-  process writes its values to files there, and each scrape merges all of them. prometheus-client
-  drops exemplars in this mode, and per-process metrics (process_cpu_seconds_total, ...) are left
-  out: one scrape reaches one worker, so they would describe a different process each time.
+- one process (the default: one uvicorn per container, scale by replicas): `InMemoryHttpMetrics`
+  keeps the per-request values as plain numbers, updated by the event loop without locks, and
+  turns them into metric families only when /metrics is scraped. The duration histogram carries
+  exemplars;
+- several worker processes (gunicorn, see gunicorn.conf.py): PROMETHEUS_MULTIPROC_DIR is set and
+  `MultiprocessHttpMetrics` uses prometheus-client's metrics, whose values live in files there;
+  each scrape merges all of them. prometheus-client drops exemplars in this mode, and per-process
+  metrics (process_cpu_seconds_total, ...) are left out: one scrape reaches one worker, so they
+  would describe a different process each time.
+
+Both expose the same series. A prometheus-client metric costs a lock and a few calls per update,
+four times per request: about 4 µs of a request's telemetry budget (bench/run.py), which is why the
+one-process mode does not use them for what changes on every request.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Awaitable, Callable
+import time
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Exemplar
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,6 +43,19 @@ KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 UNMATCHED_ROUTE = "unmatched"
+
+DURATION = "http_server_request_duration_seconds"
+DURATION_HELP = "Duration of HTTP server requests."
+DURATION_LABELS = ("http_request_method", "http_route", "http_response_status_code")
+ACTIVE = "http_server_active_requests"
+ACTIVE_HELP = "Number of HTTP server requests in progress."
+TENANT_REQUESTS = "tenant_requests"
+TENANT_REQUESTS_HELP = (
+    "Requests per tenant account: the first TENANT_METRICS_MAX_ACCOUNTS ids, then `other`."
+)
+TENANT_LABELS = ("account_id", "outcome")
+# `le` label values as prometheus-client writes them (`0.005`, `1.0`, `+Inf`).
+_BUCKET_NAMES = (*(repr(bound) for bound in DURATION_BUCKETS), "+Inf")
 
 
 def multiprocess_dir() -> str | None:
@@ -38,32 +67,155 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def http_metrics(
+    registry: CollectorRegistry, *, max_accounts: int, multiprocess_dir: str | None = None
+) -> HttpMetrics:
+    """The service's metrics for the mode `multiprocess_dir` selects (see the module docstring)."""
+    if multiprocess_dir is None:
+        return InMemoryHttpMetrics(registry, max_accounts=max_accounts)
+    return MultiprocessHttpMetrics(registry, max_accounts=max_accounts, path=multiprocess_dir)
+
+
 class HttpMetrics:
-    """The service's Prometheus metrics.
+    """What the middleware records: requests in progress, their duration, tenant accounts."""
+
+    multiprocess_dir: str | None = None
+
+    def __init__(self, registry: CollectorRegistry, *, max_accounts: int) -> None:
+        self.registry = registry
+        # Rare (a client sent a bad tenant header): prometheus-client's counter in both modes.
+        self.header_rejections = Counter(
+            "tenant_header_rejections",
+            "Tenant header values dropped because of invalid characters or length.",
+            ["header"],
+            registry=registry,
+        )
+        self._max_accounts = max_accounts
+        self._accounts: set[str] = set()
+
+    @staticmethod
+    def method_label(method: str) -> str:
+        return method if method in KNOWN_METHODS else "_OTHER"
+
+    def request_started(self, method: str) -> None:
+        raise NotImplementedError
+
+    def request_finished(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        duration: float,
+        account_id: str | None,
+        trace_id: str | None,
+    ) -> None:
+        """`trace_id` (sampled requests only) becomes the duration bucket's exemplar."""
+        raise NotImplementedError
+
+    def _account_label(self, account_id: str | None) -> str:
+        """The account id itself for the first `max_accounts` ids seen, then `other`."""
+        if account_id is None:
+            return "none"
+        if account_id in self._accounts:
+            return account_id
+        if len(self._accounts) < self._max_accounts:
+            self._accounts.add(account_id)
+            return account_id
+        return "other"
+
+
+class InMemoryHttpMetrics(HttpMetrics):
+    """One process: plain numbers, written by the event loop only, read at scrape time.
+
+    Each duration series is one list: a count per bucket (+Inf last), then the sum. A scrape
+    copies the list in one step, so what it reports is consistent even when it runs in another
+    thread (the separate metrics port).
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, max_accounts: int) -> None:
+        super().__init__(registry, max_accounts=max_accounts)
+        self._durations: dict[tuple[str, str, str], list[float]] = {}
+        self._exemplars: dict[tuple[str, str, str], list[Exemplar | None]] = {}
+        self._active: dict[str, int] = {}
+        self._tenant_requests: dict[tuple[str, str], int] = {}
+        registry.register(self)
+        ProcessCollector(registry=registry)
+
+    def request_started(self, method: str) -> None:
+        self._active[method] = self._active.get(method, 0) + 1
+
+    def request_finished(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        duration: float,
+        account_id: str | None,
+        trace_id: str | None,
+    ) -> None:
+        self._active[method] -= 1
+        key = (method, route, str(status))
+        values = self._durations.get(key)
+        if values is None:
+            values = self._durations[key] = [0.0] * (len(_BUCKET_NAMES) + 1)
+            self._exemplars[key] = [None] * len(_BUCKET_NAMES)
+        bucket = bisect_left(DURATION_BUCKETS, duration)  # the first bound >= duration
+        values[bucket] += 1
+        values[-1] += duration
+        if trace_id is not None:
+            self._exemplars[key][bucket] = Exemplar({"trace_id": trace_id}, duration, time.time())
+        tenant_key = (self._account_label(account_id), "error" if status >= 500 else "success")
+        self._tenant_requests[tenant_key] = self._tenant_requests.get(tenant_key, 0) + 1
+
+    @staticmethod
+    def _families() -> tuple[HistogramMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            HistogramMetricFamily(DURATION, DURATION_HELP, labels=DURATION_LABELS),
+            GaugeMetricFamily(ACTIVE, ACTIVE_HELP, labels=("http_request_method",)),
+            CounterMetricFamily(TENANT_REQUESTS, TENANT_REQUESTS_HELP, labels=TENANT_LABELS),
+        )
+
+    def describe(self) -> list[Metric]:
+        """The names this collector exposes, so the registry can refuse duplicates."""
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        duration, active, tenant_requests = self._families()
+        for key, live in list(self._durations.items()):
+            values = live[:]  # one consistent copy
+            exemplars = self._exemplars[key][:]
+            buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+            cumulative = 0.0
+            for name, count, exemplar in zip(_BUCKET_NAMES, values, exemplars, strict=False):
+                cumulative += count
+                if exemplar is None:
+                    buckets.append((name, cumulative))
+                else:
+                    buckets.append((name, cumulative, exemplar))
+            duration.add_metric(key, buckets, sum_value=values[-1])
+        for method, count in list(self._active.items()):
+            active.add_metric((method,), count)
+        for tenant_key, count in list(self._tenant_requests.items()):
+            tenant_requests.add_metric(tenant_key, count)
+        yield from (duration, active, tenant_requests)
+
+
+class MultiprocessHttpMetrics(HttpMetrics):
+    """Several worker processes: prometheus-client's metrics, whose values live in `path`.
 
     Label children are cached per label tuple: `labels()` on every request would take a lock and
     build a tuple each time, and the set of routes, methods and statuses is small.
     """
 
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        *,
-        max_accounts: int,
-        multiprocess_dir: str | None = None,
-    ) -> None:
-        self.registry = registry
-        self.multiprocess_dir = multiprocess_dir
+    def __init__(self, registry: CollectorRegistry, *, max_accounts: int, path: str) -> None:
+        super().__init__(registry, max_accounts=max_accounts)
+        self.multiprocess_dir = path
         self.duration = Histogram(
-            "http_server_request_duration_seconds",
-            "Duration of HTTP server requests.",
-            ["http_request_method", "http_route", "http_response_status_code"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
+            DURATION, DURATION_HELP, DURATION_LABELS, buckets=DURATION_BUCKETS, registry=registry
         )
         self.active = Gauge(
-            "http_server_active_requests",
-            "Number of HTTP server requests in progress.",
+            ACTIVE,
+            ACTIVE_HELP,
             ["http_request_method"],
             registry=registry,
             # Across worker processes: the sum over the live ones. A worker that dies mid-request
@@ -71,57 +223,38 @@ class HttpMetrics:
             multiprocess_mode="livesum",
         )
         self.tenant_requests = Counter(
-            "tenant_requests",
-            "Requests per tenant account: the first TENANT_METRICS_MAX_ACCOUNTS ids, then `other`.",
-            ["account_id", "outcome"],
-            registry=registry,
+            TENANT_REQUESTS, TENANT_REQUESTS_HELP, TENANT_LABELS, registry=registry
         )
-        self.header_rejections = Counter(
-            "tenant_header_rejections",
-            "Tenant header values dropped because of invalid characters or length.",
-            ["header"],
-            registry=registry,
-        )
-        if multiprocess_dir is None:
-            ProcessCollector(registry=registry)
-        self._max_accounts = max_accounts
-        self._accounts: set[str] = set()
         self._duration_children: dict[tuple[str, str, str], Histogram] = {}
         self._active_children: dict[str, Gauge] = {}
         self._tenant_children: dict[tuple[str, str], Counter] = {}
 
-    @staticmethod
-    def method_label(method: str) -> str:
-        return method if method in KNOWN_METHODS else "_OTHER"
-
-    def active_for(self, method: str) -> Gauge:
+    def request_started(self, method: str) -> None:
         child = self._active_children.get(method)
         if child is None:
             child = self._active_children[method] = self.active.labels(method)
-        return child
+        child.inc()
 
-    def duration_for(self, method: str, route: str, status: int) -> Histogram:
+    def request_finished(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        duration: float,
+        account_id: str | None,
+        trace_id: str | None,  # prometheus-client drops exemplars in this mode
+    ) -> None:
+        self._active_children[method].dec()
         key = (method, route, str(status))
         child = self._duration_children.get(key)
         if child is None:
             child = self._duration_children[key] = self.duration.labels(*key)
-        return child
-
-    def count_tenant(self, account_id: str | None, status: int) -> None:
-        if account_id is None:
-            account = "none"
-        elif account_id in self._accounts:
-            account = account_id
-        elif len(self._accounts) < self._max_accounts:
-            self._accounts.add(account_id)
-            account = account_id
-        else:
-            account = "other"
-        key = (account, "error" if status >= 500 else "success")
-        child = self._tenant_children.get(key)
-        if child is None:
-            child = self._tenant_children[key] = self.tenant_requests.labels(*key)
-        child.inc()
+        child.observe(duration)
+        tenant_key = (self._account_label(account_id), "error" if status >= 500 else "success")
+        counter = self._tenant_children.get(tenant_key)
+        if counter is None:
+            counter = self._tenant_children[tenant_key] = self.tenant_requests.labels(*tenant_key)
+        counter.inc()
 
 
 def multiprocess_registry(path: str) -> CollectorRegistry:

@@ -105,8 +105,7 @@ class TelemetryMiddleware:
             span = request_span(parent, sampled=sampled)
         token = context.attach(trace.set_span_in_context(span, ctx))
         tenant_token = set_request_tenant(tenant) if tenant else None
-        active = self.metrics.active_for(method)
-        active.inc()
+        self.metrics.request_started(method)
         status = 500
         error: BaseException | None = None
 
@@ -127,9 +126,8 @@ class TelemetryMiddleware:
             raise
         finally:
             duration = perf_counter() - start
-            active.dec()
             route: str | None = getattr(scope.get("route"), "path", None)
-            exemplar = None
+            exemplar: str | None = None  # the trace id, for sampled requests
             if request_spans is not None:
                 span_context = span.get_span_context()
                 request_spans.end_server_span(
@@ -145,7 +143,7 @@ class TelemetryMiddleware:
                     end=start_ns + int(duration * 1e9),
                     error=error,
                 )
-                exemplar = {"trace_id": format(span_context.trace_id, "032x")}
+                exemplar = format(span_context.trace_id, "032x")
             elif span.is_recording():
                 name = f"{method} {route}" if route else method
                 span.update_name(name)
@@ -162,11 +160,15 @@ class TelemetryMiddleware:
                     span.set_attribute("http.route", route)
                 if status >= 500:
                     span.set_status(StatusCode.ERROR)
-                exemplar = {"trace_id": format(span.get_span_context().trace_id, "032x")}
-            self.metrics.duration_for(method, route or UNMATCHED_ROUTE, status).observe(
-                duration, exemplar
+                exemplar = format(span.get_span_context().trace_id, "032x")
+            self.metrics.request_finished(
+                method,
+                route or UNMATCHED_ROUTE,
+                status,
+                duration,
+                tenant.get("account_id"),
+                exemplar,
             )
-            self.metrics.count_tenant(tenant.get("account_id"), status)
             span.end()
             context.detach(token)
             if tenant_token is not None:
