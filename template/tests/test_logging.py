@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.logs import (
     JsonFormatter,
     JsonLinesHandler,
+    _utc_timestamp,
     configure_logging,
 )
 
@@ -299,3 +301,13 @@ def test_buffered_lines_survive_sigterms_default_action() -> None:
 
     assert done.returncode == -15, done.stderr
     assert [e["message"] for e in json_lines(done.stdout)] == ["last.words"]
+
+
+def test_timestamps_are_what_datetime_writes() -> None:
+    """The cached formatter against `datetime`, across seconds, days and rounding edges."""
+    starts = (1_767_225_599.9985, 1_700_000_000.0, 0.0004, 951_782_399.9999996)
+    for start in starts:
+        for step in range(3000):
+            created = start + step * 0.000_137
+            expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+            assert _utc_timestamp(created) == expected, created
