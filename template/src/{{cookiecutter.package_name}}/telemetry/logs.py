@@ -89,6 +89,7 @@ _encode_json = json.JSONEncoder(default=str).encode
 # What `json.dumps` uses for strings (C): the fixed fields are quoted with it directly.
 _quote = encode_basestring_ascii
 _second_cache: tuple[int, str] = (-1, "")
+_MILLISECOND_SUFFIXES = tuple(f".{milli:03d}+00:00" for milli in range(1000))
 _millisecond_cache: tuple[int, str] = (-1, "")
 
 
@@ -109,7 +110,7 @@ def _utc_timestamp(created: float) -> str:
         if cached_second != second:
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             _second_cache = (second, prefix)
-        text = f"{prefix}.{milli:03d}+00:00"
+        text = prefix + _MILLISECOND_SUFFIXES[milli]
         _millisecond_cache = (millis, text)
     return text
 
