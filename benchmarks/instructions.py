@@ -10,7 +10,8 @@ thread (spans go to the benchmark's local OTLP sink).
 
 MODE is one of the service benchmark's apps: `bare`, `bare-jsonlines`, `bare-record` (bare plus a
 standard logging record per request, handled by a handler that does nothing) or `production`
-(the service's `create_app` with ENVIRONMENT=production). NAME=VALUE pairs are set in the
+(the service's `create_app` with ENVIRONMENT=production); with `--server`, also `floor` and
+`floor-line`, the minimal layer of `benchmarks/floor.py`. NAME=VALUE pairs are set in the
 service's environment, e.g. `LOGFIRE_TRACE_SAMPLE_RATE=0`. For modes that export spans, add
 `OTEL_BSP_SCHEDULE_DELAY=600000`: valgrind slows the server down so much that time-based exports
 would send far more, smaller bodies than a loaded server does. Needs valgrind and `uv sync` in
@@ -125,7 +126,9 @@ def serve_and_count(mode: str, requests: int) -> None:
 
     sink = bench.Sink()
     port = bench.free_port()
-    command, env = bench.mode_command(mode, sink, port)
+    command, env = bench.mode_command("bare" if mode.startswith("floor") else mode, sink, port)
+    if mode.startswith("floor"):  # floor.py's minimal layer (see there)
+        command = [sys.executable, str(Path(__file__).with_name("floor.py")), "--serve", mode]
     # The NAME=VALUE pairs from the command line (mode_command drops inherited OTEL_ variables).
     env.update({k: os.environ[k] for k in os.environ.get("INSTRUCTIONS_ENV", "").split(",") if k})
     valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
@@ -202,7 +205,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("service", type=Path)
     parser.add_argument(
-        "mode", help="bare, bare-record, bare-jsonlines, production; with --server: any mode of bench/run.py"
+        "mode",
+        help="bare, bare-record, bare-jsonlines, production; with --server: any mode of bench/run.py,"
+        " floor or floor-line (benchmarks/floor.py)",
     )
     parser.add_argument(
         "--server",
