@@ -147,10 +147,9 @@ def _plain_fields(
             prefix = f", {_quote(key)}: "
             if len(_field_prefixes) < _MAX_CACHED_NAMES:
                 _field_prefixes[key] = prefix
-        kind = type(value)
-        if kind is str:
-            text += prefix + _quote(value)  # type: ignore[arg-type]
-        elif kind is int:
+        if type(value) is str:
+            text += prefix + _quote(value)
+        elif type(value) is int:
             text += prefix + str(value)
         else:
             return None

@@ -127,7 +127,8 @@ class TelemetryMiddleware:
         finally:
             duration = perf_counter() - start
             route: str | None = getattr(scope.get("route"), "path", None)
-            exemplar: str | None = None  # the trace id, for sampled requests
+            # Sampled requests only: the duration histogram links to their trace.
+            exemplar_trace_id: str | None = None
             if request_spans is not None:
                 span_context = span.get_span_context()
                 request_spans.end_server_span(
@@ -143,7 +144,7 @@ class TelemetryMiddleware:
                     end=start_ns + int(duration * 1e9),
                     error=error,
                 )
-                exemplar = format(span_context.trace_id, "032x")
+                exemplar_trace_id = format(span_context.trace_id, "032x")
             elif span.is_recording():
                 name = f"{method} {route}" if route else method
                 span.update_name(name)
@@ -160,14 +161,14 @@ class TelemetryMiddleware:
                     span.set_attribute("http.route", route)
                 if status >= 500:
                     span.set_status(StatusCode.ERROR)
-                exemplar = format(span.get_span_context().trace_id, "032x")
+                exemplar_trace_id = format(span.get_span_context().trace_id, "032x")
             self.metrics.request_finished(
                 method,
                 route or UNMATCHED_ROUTE,
                 status,
                 duration,
                 tenant.get("account_id"),
-                exemplar,
+                exemplar_trace_id,
             )
             span.end()
             context.detach(token)
