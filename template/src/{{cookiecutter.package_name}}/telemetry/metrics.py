@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import os
 import time
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -76,7 +77,7 @@ def http_metrics(
     return MultiprocessHttpMetrics(registry, max_accounts=max_accounts, path=multiprocess_dir)
 
 
-class HttpMetrics:
+class HttpMetrics(ABC):
     """What the middleware records: requests in progress, their duration, tenant accounts."""
 
     multiprocess_dir: str | None = None
@@ -97,9 +98,10 @@ class HttpMetrics:
     def method_label(method: str) -> str:
         return method if method in KNOWN_METHODS else "_OTHER"
 
-    def request_started(self, method: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def request_started(self, method: str) -> None: ...
 
+    @abstractmethod
     def request_finished(
         self,
         method: str,
@@ -110,18 +112,17 @@ class HttpMetrics:
         trace_id: str | None,
     ) -> None:
         """`trace_id` (sampled requests only) becomes the duration bucket's exemplar."""
-        raise NotImplementedError
 
-    def _account_label(self, account_id: str | None) -> str:
-        """The account id itself for the first `max_accounts` ids seen, then `other`."""
+    def _tenant_labels(self, account_id: str | None, status: int) -> tuple[str, str]:
+        """`account_id` is the id itself for the first `max_accounts` ids seen, then `other`."""
+        outcome = "error" if status >= 500 else "success"
         if account_id is None:
-            return "none"
-        if account_id in self._accounts:
-            return account_id
-        if len(self._accounts) < self._max_accounts:
+            return "none", outcome
+        if account_id not in self._accounts:
+            if len(self._accounts) >= self._max_accounts:
+                return "other", outcome
             self._accounts.add(account_id)
-            return account_id
-        return "other"
+        return account_id, outcome
 
 
 class InMemoryHttpMetrics(HttpMetrics):
@@ -164,7 +165,7 @@ class InMemoryHttpMetrics(HttpMetrics):
         values[-1] += duration
         if trace_id is not None:
             self._exemplars[key][bucket] = Exemplar({"trace_id": trace_id}, duration, time.time())
-        tenant_key = (self._account_label(account_id), "error" if status >= 500 else "success")
+        tenant_key = self._tenant_labels(account_id, status)
         self._tenant_requests[tenant_key] = self._tenant_requests.get(tenant_key, 0) + 1
 
     @staticmethod
@@ -250,7 +251,7 @@ class MultiprocessHttpMetrics(HttpMetrics):
         if child is None:
             child = self._duration_children[key] = self.duration.labels(*key)
         child.observe(duration)
-        tenant_key = (self._account_label(account_id), "error" if status >= 500 else "success")
+        tenant_key = self._tenant_labels(account_id, status)
         counter = self._tenant_children.get(tenant_key)
         if counter is None:
             counter = self._tenant_children[tenant_key] = self.tenant_requests.labels(*tenant_key)
