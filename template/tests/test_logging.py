@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.telemetry.logs import (
     JsonLinesHandler,
     _utc_timestamp,
     configure_logging,
+    redact_text,
 )
 
 from conftest import (
@@ -189,6 +190,26 @@ def test_json_lines_redact_credential_extras(
     [line] = [e for e in json_lines(stdout(capsys)) if e["message"] == "login.attempted"]
     assert line["user"] == "ann"
     assert line["password"] == line["api_key"] == line["user_token"] == "[redacted]"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("/items/1", False),
+        ("/reset-password/abc123", True),
+        ("/Reset-PASSWORD/abc123", True),
+        ("/v1/Api_Key/k-1", True),
+        ("/authors/7", False),
+        ("password", False),  # nothing but the word, as Logfire keeps it
+        ("PassWord", False),
+        ("/to\u212aen/abc", True),  # the Kelvin sign: a case-insensitive match for "k"
+        ("/café/Session/9", True),
+    ],
+)
+def test_redaction_matches_credential_words_in_any_case(text: str, redacted: bool) -> None:
+    # ASCII text is lower-cased and searched case-sensitively (faster): same result as the
+    # case-insensitive search that non-ASCII text gets.
+    assert (redact_text(text) == "[redacted]") is redacted
 
 
 class _Unserialisable:

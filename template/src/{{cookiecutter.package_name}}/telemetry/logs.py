@@ -54,11 +54,16 @@ _OWNED = "_service_telemetry_handler"
 
 
 # Extras named like credentials are redacted on stdout, as Logfire's scrubbing does for spans.
-_SECRET_KEY = re.compile(
+_CREDENTIAL_WORDS = (
     r"password|passwd|secret|auth(?!ors?\b)|credential|private[._ -]?key|api[._ -]?key|"
-    r"session|cookie|token|jwt|csrf|xsrf|ssn|credit[._ -]?card",
-    re.IGNORECASE,
+    r"session|cookie|token|jwt|csrf|xsrf|ssn|credit[._ -]?card"
 )
+_SECRET_KEY = re.compile(_CREDENTIAL_WORDS, re.IGNORECASE)
+# The same words, matched in lower-cased ASCII text: a case-insensitive search of a short path
+# took about 1 us, lower-casing it first and searching case-sensitively 0.2 us. Only for ASCII,
+# where the two agree exactly (IGNORECASE also folds a few non-ASCII letters, such as the
+# Kelvin sign, onto ASCII ones).
+_SECRET_LOWER = re.compile(_CREDENTIAL_WORDS)
 REDACTED = "[redacted]"
 _secret_keys: dict[str, bool] = {}
 
@@ -78,7 +83,7 @@ def redact_text(value: str) -> str:
 
     A value that is nothing but the word (`"password"`) is kept, as Logfire keeps it.
     """
-    match = _SECRET_KEY.search(value)
+    match = _SECRET_LOWER.search(value.lower()) if value.isascii() else _SECRET_KEY.search(value)
     if match is None or match.span() == (0, len(value)):
         return value
     return REDACTED
