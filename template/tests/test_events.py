@@ -91,7 +91,14 @@ def app_with_probes(capfire: CaptureLogfire, **settings: Any) -> FastAPI:
         events.warning("probe.nested", payload={"a": [1, 2]})
         return {}
 
+    async def changing() -> dict[str, str]:
+        tags = ["a"]
+        events.info("probe.changing", tags=tags, count=1)
+        tags.append("added after the event")
+        return {}
+
     app.add_api_route("/probe/both", both)
+    app.add_api_route("/probe/changing", changing)
     app.add_api_route("/probe/one", one)
     app.add_api_route("/probe/nested", nested)
     return app
@@ -122,6 +129,21 @@ def test_an_events_json_line_is_the_records(
     assert event["password"] == "[redacted]"
     assert event["logger"] == NAME
     assert event["account_id"] == TENANT_HEADERS["X-Account-Id"]
+
+
+def test_a_json_line_shows_the_fields_as_they_were_when_the_event_happened(
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Lines are written (and most are formatted) in batches; a field that can still change is
+    # formatted at once.
+    app = app_with_probes(capfire, environment="production", logfire_trace_sample_rate=0.0)
+    with TestClient(app) as client, service_handlers_only():
+        client.get("/probe/changing", headers=TENANT_HEADERS)
+
+    [line] = [line for line in json_lines(capsys) if line["message"] == "probe.changing"]
+    assert line["tags"] == ["a"]
+    assert line["count"] == 1
+    assert line["account_id"] == TENANT_HEADERS["X-Account-Id"]
 
 
 def shape(span: ReadableSpan) -> dict[str, Any]:

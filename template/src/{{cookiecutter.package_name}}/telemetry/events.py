@@ -25,8 +25,9 @@ import time
 from opentelemetry import trace
 from opentelemetry.trace import TraceFlags
 
-from .logs import RECORD_ATTRIBUTES, event_route, json_line
+from .logs import RECORD_ATTRIBUTES, event_route
 from .spans import PLAIN_VALUES
+from .tenant import current_tenant
 
 _LEVEL_NAMES = {level: logging.getLevelName(level).lower() for level in (10, 20, 30, 40, 50)}
 _ROOT = logging.getLogger()
@@ -75,8 +76,10 @@ class EventLog:
         created = time.time()
         if route.json_lines is not None:
             level_name = _LEVEL_NAMES[level]
-            line = json_line(created, level_name, self.name, event, fields.items(), span_context)
-            route.json_lines.write_line(line)
+            tenant = current_tenant()
+            route.json_lines.write_event(
+                (created, level_name, self.name, event, fields, span_context, tenant)
+            )
         if sampled and route.request_spans is not None:
             caller = sys._getframe(2)  # the caller's location, as a record has it
             code = caller.f_code
