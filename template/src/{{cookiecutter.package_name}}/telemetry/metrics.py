@@ -43,6 +43,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
+# The label for any other method (the semantic conventions' value): clients choose methods.
+OTHER_METHOD = "_OTHER"
 UNMATCHED_ROUTE = "unmatched"
 
 DURATION = "http_server_request_duration_seconds"
@@ -93,10 +95,6 @@ class HttpMetrics(ABC):
         )
         self._max_accounts = max_accounts
         self._accounts: set[str] = set()
-
-    @staticmethod
-    def method_label(method: str) -> str:
-        return method if method in KNOWN_METHODS else "_OTHER"
 
     @abstractmethod
     def request_started(self, method: str) -> None: ...

@@ -17,9 +17,9 @@ from time import perf_counter, time_ns
 from typing import TYPE_CHECKING
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
 
-from .metrics import UNMATCHED_ROUTE, HttpMetrics
+from .metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE, HttpMetrics
 from .sampling import decide, mark_sampled, request_span
 from .tenant import TenantHeaders, reset_request_tenant, set_request_tenant, with_tenant_baggage
 
@@ -65,8 +65,9 @@ class TelemetryMiddleware:
         for name, value in scope["headers"]:
             attribute = by_header.get(name)
             if attribute is not None:
-                if self.tenant_headers.is_valid(value):
-                    tenant.setdefault(attribute, value.decode("ascii"))
+                tenant_id = self.tenant_headers.accept(value)
+                if tenant_id is not None:
+                    tenant.setdefault(attribute, tenant_id)
                 else:
                     self.metrics.header_rejections.labels(attribute).inc()
             elif name == b"traceparent" or name == b"tracestate":
@@ -82,17 +83,22 @@ class TelemetryMiddleware:
         # The global propagator is W3C tracecontext only (logfire_config.py); Logfire wraps it so
         # that DISTRIBUTED_TRACING=false ignores incoming trace ids.
         ctx = propagate.extract(carrier) if carrier is not None else context.get_current()
-        method = self.metrics.method_label(scope["method"])
-        parent = trace.get_current_span(ctx).get_span_context()
+        method = scope["method"]
+        if method not in KNOWN_METHODS:
+            method = OTHER_METHOD
+        # An empty context (the usual case: no incoming trace) has no span to look up.
+        parent = trace.get_current_span(ctx).get_span_context() if ctx else INVALID_SPAN_CONTEXT
         span: trace.Span
         sampled = decide(self.sample_rate, parent)
         # Set: this request's spans take the direct path (spans.py).
         request_spans = self.request_spans if sampled else None
+        # Set: a real span, started and ended through Logfire's tracer.
+        through_logfire = sampled and request_spans is None
         if sampled and tenant:
             # Logfire copies baggage onto every span and log of a recorded trace; an unsampled
             # one records nothing, so it skips building the baggage.
             ctx = with_tenant_baggage(tenant.items(), ctx)
-        if sampled and request_spans is None:
+        if through_logfire:
             # The route is only known once the router ran: the span is renamed then. Until
             # that, the message shows the raw path (Logfire's console prints spans at start).
             span = self.tracer.start_span(
@@ -120,7 +126,7 @@ class TelemetryMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         except BaseException as exc:
-            if span.is_recording():
+            if through_logfire:
                 span.record_exception(exc)
             error = exc
             raise
@@ -145,7 +151,7 @@ class TelemetryMiddleware:
                     error=error,
                 )
                 exemplar_trace_id = format(span_context.trace_id, "032x")
-            elif span.is_recording():
+            elif through_logfire:
                 name = f"{method} {route}" if route else method
                 span.update_name(name)
                 span.set_attributes(
@@ -170,7 +176,8 @@ class TelemetryMiddleware:
                 tenant.get("account_id"),
                 exemplar_trace_id,
             )
-            span.end()
+            if through_logfire:
+                span.end()
             context.detach(token)
             if tenant_token is not None:
                 reset_request_tenant(tenant_token)

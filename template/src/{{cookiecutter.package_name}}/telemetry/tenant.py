@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from opentelemetry import baggage, context
@@ -22,6 +22,9 @@ TENANT_ATTRIBUTES = ("account_id", "agent_instance_id", "session_id", "llm_reque
 # Letters, digits and `._:-`: enough for UUIDs, ULIDs and prefixed ids, nothing that can break a
 # log line, a label or a query.
 _ALLOWED = re.compile(rb"[A-Za-z0-9._:-]+")
+# Accepted ids remembered per TenantHeaders: account and agent ids repeat from request to request.
+# Bounded: every request may bring a new one (session and LLM request ids).
+_MAX_REMEMBERED_IDS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class TenantHeaders:
 
     by_header: Mapping[bytes, str]
     max_length: int
+    _accepted: dict[bytes, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_names(cls, headers: Mapping[str, str], max_length: int) -> TenantHeaders:
@@ -39,8 +43,15 @@ class TenantHeaders:
             raise ValueError(f"tenant header names must be distinct: {sorted(headers.values())}")
         return cls(by_header=by_header, max_length=max_length)
 
-    def is_valid(self, value: bytes) -> bool:
-        return len(value) <= self.max_length and _ALLOWED.fullmatch(value) is not None
+    def accept(self, value: bytes) -> str | None:
+        """The id a header value carries, or None if it is not a valid one."""
+        accepted = self._accepted.get(value)
+        if accepted is None and len(value) <= self.max_length and _ALLOWED.fullmatch(value):
+            accepted = value.decode("ascii")
+            if len(self._accepted) >= _MAX_REMEMBERED_IDS:
+                self._accepted.clear()
+            self._accepted[value] = accepted
+        return accepted
 
 
 # The tenant ids of the request being handled, set once by the middleware: one context variable
