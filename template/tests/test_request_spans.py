@@ -25,17 +25,22 @@ from conftest import (
     make_settings,
     server_spans,
 )
-from otlp_receiver import OtlpReceiver, start_receiver
+from otlp_receiver import OtlpReceiver, ReceivedSpan, start_receiver
 
 logger = logging.getLogger("tests.request_spans")
 
 
 def app_for(
-    capfire: CaptureLogfire, path: RequestSpanPath | None = None, **settings: Any
+    capfire: CaptureLogfire,
+    path: RequestSpanPath | None = None,
+    *,
+    exporter_alone: bool = False,
+    **settings: Any,
 ) -> FastAPI:
+    """The service with probe routes; its spans reach `capfire` unless `exporter_alone`."""
+    processors = [] if exporter_alone else [SimpleSpanProcessor(capfire.exporter)]
     app = create_app(
-        make_settings(request_spans=path, **settings),
-        additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
+        make_settings(request_spans=path, **settings), additional_span_processors=processors
     )
 
     async def formatted() -> dict[str, str]:
@@ -190,3 +195,36 @@ def test_a_traced_request_reaches_the_collector(
     assert log.span.parent_span_id == server.span.span_id
     assert log.attributes["item_id"] == 2
     assert server.resource["service.name"] == "{{ cookiecutter.project_slug }}"
+
+
+def received_shape(span: ReceivedSpan) -> tuple[Any, ...]:
+    """What the collector got, without ids and times (as `shape`)."""
+    return (
+        span.scope,
+        span.name,
+        span.span.kind,
+        (span.span.status.code, span.span.status.message),
+        sorted(span.attributes.items()),
+        [(event.name, sorted(a.key for a in event.attributes)) for event in span.span.events],
+        bool(span.span.parent_span_id),
+    )
+
+
+@pytest.mark.parametrize("url", ["/items/2", "/probe/secrets", "/probe/failing"])
+def test_spans_the_exporter_builds_later_are_the_spans_built_at_once(
+    capfire: CaptureLogfire, receiver: OtlpReceiver, url: str
+) -> None:
+    # With another processor the request's spans are built as the request ends; with the OTLP
+    # exporter alone, in its thread when their batch is sent (spans.py, `_hand_over`).
+    sampled = {**TENANT_HEADERS, "traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}
+    shapes = []
+    for exporter_alone in (False, True):
+        with receiver.lock:
+            receiver.requests.clear()
+        app = app_for(capfire, "direct", exporter_alone=exporter_alone)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            client.get(url, headers=sampled)
+        shapes.append(sorted(received_shape(span) for span in receiver.spans()))
+    at_once, later = shapes
+    assert len(later) >= 2  # the SERVER span and a log
+    assert later == at_once

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -198,6 +198,8 @@ MAX_QUEUE = 4096
 MAX_EXPORT_BATCH = 256
 _RETRYABLE = frozenset({408, 429, 502, 503, 504})
 _DROP_WARNING_INTERVAL_SECONDS = 60.0
+# A span to build when its batch is sent: a function and its arguments (`on_end_later`).
+PendingSpan = tuple["Callable[..., ReadableSpan]", tuple[object, ...]]
 
 
 def _variable(name: str, default: str | None = None) -> str | None:
@@ -279,7 +281,7 @@ class OtlpSpanExporter(SpanProcessor):
         self._interval = interval
         self._max_queue = max_queue
         self._resource = encode_resource(resource)
-        self._queue: deque[ReadableSpan] = deque()
+        self._queue: deque[ReadableSpan | PendingSpan] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._send_lock = threading.Lock()
@@ -308,10 +310,17 @@ class OtlpSpanExporter(SpanProcessor):
         )
 
     def on_end(self, span: ReadableSpan) -> None:
+        self._enqueue(span)
+
+    def on_end_later(self, build: Callable[..., ReadableSpan], facts: tuple[object, ...]) -> None:
+        """A finished span that `build(*facts)` makes, called in this exporter's thread."""
+        self._enqueue((build, facts))
+
+    def _enqueue(self, item: ReadableSpan | PendingSpan) -> None:
         if len(self._queue) >= self._max_queue:
             self.dropped += 1
             return
-        self._queue.append(span)
+        self._queue.append(item)
         if len(self._queue) >= MAX_EXPORT_BATCH:
             self._wake.set()
 
@@ -345,7 +354,11 @@ class OtlpSpanExporter(SpanProcessor):
         with self._send_lock:
             batch: list[ReadableSpan] = []
             while self._queue and len(batch) < MAX_EXPORT_BATCH:
-                batch.append(self._queue.popleft())
+                item = self._queue.popleft()
+                if isinstance(item, tuple):
+                    build, facts = item
+                    item = build(*facts)
+                batch.append(item)
             if not batch:
                 return True
             body = encode_spans(batch, self._resource)
