@@ -161,8 +161,13 @@ def serve_and_count(mode: str, requests: int) -> None:
     found = re.search(r"Collected : (\d+)", stderr)
     if found is None:
         raise SystemExit(f"no count from valgrind:\n{stderr[-2000:]}")
-    print(found.group(1))
+    print(found.group(1), sink.spans)
     os._exit(0)
+
+
+# Spans the sink received per server run, by number of requests: a traced mode must show two
+# per request, or the exporter dropped some and the count is too low.
+SPANS_RECEIVED: dict[int, int] = {}
 
 
 def count_server(service: Path, mode: str, requests: int, env: dict[str, str]) -> int:
@@ -171,11 +176,13 @@ def count_server(service: Path, mode: str, requests: int, env: dict[str, str]) -
     environment = {**os.environ, **env, "PYTHONPATH": str(service / "bench")}
     environment["INSTRUCTIONS_ENV"] = ",".join(env)
     done = subprocess.run(command, cwd=service, env=environment, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not done.stdout.strip().isdigit():
+    counts = done.stdout.split()
+    if done.returncode != 0 or len(counts) != 2 or not all(c.isdigit() for c in counts):
         raise SystemExit(
             f"server run failed ({done.returncode}):\n{done.stdout[-1000:]}{done.stderr[-2000:]}"
         )
-    return int(done.stdout.strip())
+    SPANS_RECEIVED[requests] = int(counts[1])
+    return int(counts[0])
 
 
 def count(service: Path, mode: str, requests: int, env: dict[str, str]) -> int:
@@ -226,10 +233,15 @@ def main() -> int:
     )
     how = "server over HTTP" if args.server else "in-process"
     print(f"{service.name} {args.mode} {' '.join(args.env)} ({how}): {per_request} instructions per request")
+    spans_per_request = None
+    if args.server:
+        spans_per_request = (SPANS_RECEIVED[LARGE] - SPANS_RECEIVED[SMALL]) / (LARGE - SMALL)
+        print(f"spans exported per request: {spans_per_request:.2f}")
     if args.out:
         with args.out.open("a") as out:
             result = {"service": str(service), "mode": args.mode, "env": env, "how": how}
             result["instructions_per_request"] = per_request
+            result["spans_per_request"] = spans_per_request
             out.write(json.dumps(result) + "\n")
     return 0
 
