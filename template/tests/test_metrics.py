@@ -269,8 +269,9 @@ def test_in_memory_metrics_expose_what_prometheus_client_would() -> None:
     """
     in_memory = InMemoryHttpMetrics(CollectorRegistry(), max_accounts=2)
     reference = MultiprocessHttpMetrics(CollectorRegistry(), max_accounts=2, path="unused")
-    # Every bucket, its bounds exactly, and past the last one.
-    durations = [0.005, 0.0051, 0.1, 10.0, 10.5, 0.0, *(step * 0.0613 for step in range(200))]
+    # Every bucket, its bounds exactly, and past the last one; more requests than one batch
+    # (requests are counted in batches of 256 and at scrape time).
+    durations = [0.005, 0.0051, 0.1, 10.0, 10.5, 0.0, *(step * 0.0175 for step in range(700))]
     for index, duration in enumerate(durations):
         method = ("GET", "POST")[index % 2]
         route = ("/items/{item_id}", "unmatched")[index % 3 == 0]
