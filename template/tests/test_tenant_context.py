@@ -5,6 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
+from opentelemetry import baggage, context
+
+from {{ cookiecutter.package_name }}.telemetry.tenant import BAGGAGE_KEY, with_tenant_baggage
 
 from conftest import (
     TENANT_ATTRIBUTES,
@@ -97,3 +100,19 @@ def test_header_names_are_configurable(capfire: CaptureLogfire) -> None:
 
     [span] = server_spans(capfire)
     assert (span.attributes or {})["account_id"] == "t-1"
+
+
+def test_tenant_baggage_is_what_set_baggage_makes() -> None:
+    assert BAGGAGE_KEY is not None, (
+        "OTel keeps baggage differently now: with_tenant_baggage falls back to set_baggage"
+    )
+    parent = baggage.set_baggage("existing", "kept", context.Context())
+    ids = {"account_id": "acct-1", "session_id": "sess-1", "existing": "replaced"}
+    expected = parent
+    for name, value in ids.items():
+        expected = baggage.set_baggage(name, value, expected)
+
+    made = with_tenant_baggage(ids.items(), parent)
+
+    assert dict(baggage.get_all(made)) == dict(baggage.get_all(expected))
+    assert dict(baggage.get_all(parent)) == {"existing": "kept"}
