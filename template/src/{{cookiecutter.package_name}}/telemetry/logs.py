@@ -295,7 +295,7 @@ class JsonLinesHandler(logging.Handler):
         Only when its fields are immutable: anything else is formatted now, so the line shows
         the values as they were.
         """
-        if all(type(value) in _IMMUTABLE_VALUES for value in event[4].values()):
+        if _IMMUTABLE_VALUES.issuperset(map(type, event[4].values())):
             self._queue(event)
         else:
             self._queue(_event_line(event))
