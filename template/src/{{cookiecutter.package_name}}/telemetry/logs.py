@@ -130,6 +130,9 @@ _QUOTED_REDACTED = _quote(REDACTED)
 # puts data in its field names must not grow it forever.
 _MAX_CACHED_NAMES = 1024
 _field_prefixes: dict[str, str] = {}
+_TENANT_PREFIXES = {key: f", {_quote(key)}: " for key in TENANT_ATTRIBUTES}
+# `"level": ..., "logger": ..., "message": ...` by (level, logger, message): events repeat them.
+_heads: dict[tuple[str, str, str], str] = {}
 
 
 def _plain_fields(
@@ -178,13 +181,13 @@ def json_line(
     time (bench/run.py). `fields` may be a record's whole `__dict__`: its standard attributes are
     skipped.
     """
-    line = (
-        '{"timestamp": "'  # (not an f-string: its doubled brace would be Jinja's)
-        f'{_utc_timestamp(created)}", '
-        f'"level": {_quote(level)}, '
-        f'"logger": {_quote(logger)}, '
-        f'"message": {_quote(message)}'
-    )
+    head = _heads.get((level, logger, message))
+    if head is None:
+        head = f'"level": {_quote(level)}, "logger": {_quote(logger)}, "message": {_quote(message)}'
+        if len(_heads) < _MAX_CACHED_NAMES:
+            _heads[level, logger, message] = head
+    # (Not an f-string: its doubled brace would be Jinja's.)
+    line = '{"timestamp": "' + _utc_timestamp(created) + '", ' + head
     taken = _HEAD_FIELDS
     if span_context.is_valid:
         line += (
@@ -193,7 +196,7 @@ def json_line(
         )
         taken = _HEAD_FIELDS_IN_TRACE
     for key, tenant_id in tenant.items():
-        line += f", {_quote(key)}: {_quote(tenant_id)}"
+        line += (_TENANT_PREFIXES.get(key) or f", {_quote(key)}: ") + _quote(tenant_id)
     skip = _SKIPPED[taken]
     if exception is None:
         plain = _plain_fields(fields, skip, tenant)
