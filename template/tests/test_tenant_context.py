@@ -7,7 +7,10 @@ from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry import baggage, context
 
-from {{ cookiecutter.package_name }}.telemetry.tenant import BAGGAGE_KEY, with_tenant_baggage
+from {{ cookiecutter.package_name }}.telemetry.tenant import (
+    BAGGAGE_KEY,
+    with_tenant_baggage,
+)
 
 from conftest import (
     TENANT_ATTRIBUTES,
