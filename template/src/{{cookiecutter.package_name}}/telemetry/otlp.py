@@ -249,7 +249,8 @@ class OtlpSpanExporter(SpanProcessor):
     """Queues finished spans and posts them, encoded here, from one daemon thread.
 
     A span processor (only `on_end` does anything) so that the request spans reach it exactly as
-    they reach any other processor: tests pass in-memory ones beside it.
+    they reach any other processor: tests pass in-memory ones beside it. When it is the only one,
+    spans.py hands it unbuilt spans instead (`on_end_later`), built here with their batch.
     """
 
     def __init__(
