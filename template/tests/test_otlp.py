@@ -157,6 +157,27 @@ def test_a_rejected_batch_is_dropped_not_retried(receiver: OtlpReceiver) -> None
     assert [s.name for s in receiver.spans()] == ["item.fetched"]
 
 
+def test_a_span_that_fails_to_build_is_dropped_and_the_rest_are_sent(
+    receiver: OtlpReceiver,
+) -> None:
+    def broken() -> ReadableSpan:
+        raise RuntimeError("a bug in a span builder")
+
+    def built(span: ReadableSpan) -> ReadableSpan:
+        return span
+
+    exporter = OtlpSpanExporter(receiver.url + "/v1/traces", RESOURCE, timeout=5)
+    try:
+        exporter.on_end_later(broken, ())
+        exporter.on_end_later(built, (request_spans()[1],))
+        assert exporter.force_flush(5000)
+    finally:
+        exporter.shutdown()
+
+    assert [s.name for s in receiver.spans()] == ["GET /items/{item_id}"]
+    assert exporter.dropped == 1
+
+
 def test_an_unreachable_collector_costs_a_bounded_wait_and_raises_nothing() -> None:
     exporter = OtlpSpanExporter(f"http://127.0.0.1:{unused_port()}/v1/traces", RESOURCE, timeout=1)
     try:

@@ -358,7 +358,12 @@ class OtlpSpanExporter(SpanProcessor):
                 item = self._queue.popleft()
                 if isinstance(item, tuple):
                     build, facts = item
-                    item = build(*facts)
+                    try:
+                        item = build(*facts)
+                    except Exception:  # noqa: BLE001 - one bad span must not stop the exports
+                        self.dropped += 1
+                        self._warn_dropped()
+                        continue
                 batch.append(item)
             if not batch:
                 return True
