@@ -184,8 +184,9 @@ def json_line(
     head = _heads.get((level, logger, message))
     if head is None:
         head = f'"level": {_quote(level)}, "logger": {_quote(logger)}, "message": {_quote(message)}'
-        if len(_heads) < _MAX_CACHED_NAMES:
-            _heads[level, logger, message] = head
+        if len(_heads) >= _MAX_CACHED_NAMES:  # records' formatted messages: start again
+            _heads.clear()
+        _heads[level, logger, message] = head
     # (Not an f-string: its doubled brace would be Jinja's.)
     line = '{"timestamp": "' + _utc_timestamp(created) + '", ' + head
     taken = _HEAD_FIELDS
