@@ -126,11 +126,10 @@ _HEAD_FIELDS_IN_TRACE = _HEAD_FIELDS | {"trace_id", "span_id"}
 # What a line leaves out of its extras, besides the tenant ids: record attributes, head fields.
 _SKIPPED = {names: RECORD_ATTRIBUTES | names for names in (_HEAD_FIELDS, _HEAD_FIELDS_IN_TRACE)}
 _QUOTED_REDACTED = _quote(REDACTED)
-# `, "item_id": ` per field name, for names that are not credentials. Bounded: a service that
-# puts data in its field names must not grow it forever.
+# `, "item_id": ` per field name (the tenant ids' from the start), for names that are not
+# credentials. Bounded: a service that puts data in its field names must not grow it forever.
 _MAX_CACHED_NAMES = 1024
-_field_prefixes: dict[str, str] = {}
-_TENANT_PREFIXES = {key: f", {_quote(key)}: " for key in TENANT_ATTRIBUTES}
+_field_prefixes: dict[str, str] = {key: f", {_quote(key)}: " for key in TENANT_ATTRIBUTES}
 # `"level": ..., "logger": ..., "message": ...` by (level, logger, message): events repeat them.
 _heads: dict[tuple[str, str, str], str] = {}
 
@@ -197,7 +196,7 @@ def json_line(
         )
         taken = _HEAD_FIELDS_IN_TRACE
     for key, tenant_id in tenant.items():
-        line += (_TENANT_PREFIXES.get(key) or f", {_quote(key)}: ") + _quote(tenant_id)
+        line += (_field_prefixes.get(key) or f", {_quote(key)}: ") + _quote(tenant_id)
     skip = _SKIPPED[taken]
     if exception is None:
         plain = _plain_fields(fields, skip, tenant)
