@@ -186,7 +186,6 @@ def json_line(
         if len(_heads) >= _MAX_CACHED_NAMES:  # records' formatted messages: start again
             _heads.clear()
         _heads[level, logger, message] = head
-    # (Not an f-string: its doubled brace would be Jinja's.)
     line = '{"timestamp": "' + _utc_timestamp(created) + '", ' + head
     taken = _HEAD_FIELDS
     if span_context.is_valid:
