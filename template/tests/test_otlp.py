@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from {{ cookiecutter.package_name }}.telemetry.otlp import (
     OtlpSpanExporter,
     encode_resource,
+    encode_span,
     encode_spans,
     traces_endpoint,
 )
@@ -157,19 +158,19 @@ def test_a_rejected_batch_is_dropped_not_retried(receiver: OtlpReceiver) -> None
     assert [s.name for s in receiver.spans()] == ["item.fetched"]
 
 
-def test_a_span_that_fails_to_build_is_dropped_and_the_rest_are_sent(
+def test_a_span_that_fails_to_encode_is_dropped_and_the_rest_are_sent(
     receiver: OtlpReceiver,
 ) -> None:
-    def broken() -> ReadableSpan:
-        raise RuntimeError("a bug in a span builder")
+    def broken() -> bytes:
+        raise RuntimeError("a bug in a span encoder")
 
-    def built(span: ReadableSpan) -> ReadableSpan:
-        return span
-
+    server = request_spans()[1]
+    scope = server.instrumentation_scope
+    assert scope is not None
     exporter = OtlpSpanExporter(receiver.url + "/v1/traces", RESOURCE, timeout=5)
     try:
-        exporter.on_end_later(broken, ())
-        exporter.on_end_later(built, (request_spans()[1],))
+        exporter.on_end_later(scope, broken, ())
+        exporter.on_end_later(scope, encode_span, (server,))
         assert exporter.force_flush(5000)
     finally:
         exporter.shutdown()

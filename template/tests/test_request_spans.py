@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,12 +11,28 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
+from opentelemetry import baggage, context
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.trace import StatusCode
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    SpanContext,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import RequestSpanPath
+from {{ cookiecutter.package_name }}.telemetry.otlp import (
+    OtlpSpanExporter,
+    encode_resource,
+    encode_spans,
+)
+from {{ cookiecutter.package_name }}.telemetry.spans import RequestSpans
 
 from conftest import (
     TENANT_ATTRIBUTES,
@@ -238,3 +255,91 @@ def test_spans_the_exporter_builds_later_are_the_spans_built_at_once(
     at_once, later = shapes
     assert len(later) >= 2  # the SERVER span and a log
     assert later == at_once
+
+
+def test_spans_encoded_in_the_exporters_thread_are_the_spans_built_at_once(
+    receiver: OtlpReceiver,
+) -> None:
+    # The exporter alone gets the facts and writes the protobuf from them (spans.py, `_hand_over`)
+    # instead of encoding a `ReadableSpan`. Compared message by message: ids, times, attributes
+    # and their order, status and flags.
+    resource = Resource.create({"service.name": "svc"})
+    exporter = OtlpSpanExporter(f"{receiver.url}/v1/traces", resource, timeout=5, interval=60)
+    captured = InMemorySpanExporter()
+    encoded_later = RequestSpans(
+        resource, [], exporter=exporter, server_scope="svc.middleware", min_level=logging.INFO
+    )
+    built_at_once = RequestSpans(
+        resource,
+        [SimpleSpanProcessor(captured)],
+        server_scope="svc.middleware",
+        min_level=logging.INFO,
+    )
+    caller = SpanContext(
+        0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        0x00F067AA0BA902B7,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState([("vendor", "v1")]),
+    )
+    server = SpanContext(caller.trace_id, 0x1111, False, caller.trace_flags, caller.trace_state)
+    requests: list[tuple[SpanContext, int, str | None, str, dict[str, str]]] = [
+        (caller, 200, "/items/{item_id}", "/items/2", TENANT_ATTRIBUTES),
+        (INVALID_SPAN_CONTEXT, 404, "/items/{item_id}", "/items/999", {}),
+        (caller, 503, "/items/{item_id}", "/items/1", {"account_id": "acct-1"}),
+        (caller, 404, None, "/reset/password-token/abc", {}),
+    ]
+    logs: list[tuple[int, dict[str, str | int | float | bool]]] = [
+        (logging.INFO, {"item_id": 2, "note": "my token is abc123", "ratio": 0.5, "retry": False}),
+        (logging.WARNING, {"password": "hunter2", "session_id": "from-the-field"}),
+        (logging.ERROR, {}),
+        (logging.DEBUG, {"below": "the minimum level"}),
+    ]
+    in_baggage = context.get_current()
+    for key, value in {**TENANT_ATTRIBUTES, "region": "eu"}.items():
+        in_baggage = baggage.set_baggage(key, value, in_baggage)
+    for request_spans in (encoded_later, built_at_once):
+        for parent, status, route, path, tenant in requests:
+            request_spans.end_server_span(
+                server if parent.is_valid else SpanContext(7, 8, False, caller.trace_flags),
+                parent,
+                method="GET",
+                route=route,
+                status=status,
+                path=path,
+                scheme="https",
+                tenant=tenant,
+                start=1_700_000_000_000_000_000,
+                end=1_700_000_000_003_000_000,
+                error=None,
+            )
+        random.seed(7)  # the log spans' ids
+        token = context.attach(in_baggage)
+        try:
+            for level, fields in logs:
+                request_spans.log_event(
+                    level,
+                    "probe.logged",
+                    fields,
+                    parent=server,
+                    logger="tests.request_spans",
+                    created=1_700_000_000.001,
+                    filepath="/srv/probe.py",
+                    lineno=12,
+                    function="probe",
+                )
+        finally:
+            context.detach(token)
+    assert exporter.force_flush(5000)
+    exporter.shutdown()
+
+    body = encode_spans(captured.get_finished_spans(), encode_resource(resource))
+    built = [
+        span.SerializeToString()
+        for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    ]
+    encoded = [received.span.SerializeToString() for received in receiver.spans()]
+    assert len(built) == len(requests) + len(logs) - 1  # the debug log is below the minimum
+    assert sorted(encoded) == sorted(built)

@@ -21,14 +21,20 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING, cast
 
 from opentelemetry import trace
 from opentelemetry.trace import TraceFlags
 
 from .logs import RECORD_ATTRIBUTES, event_route
-from .spans import PLAIN_VALUES
+from .spans import LOG_SPAN_ATTRIBUTES, PLAIN_VALUES
 from .tenant import current_tenant
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# Field names an event leaves to a record: a record's own attributes and Logfire's on a log.
+_RECORD_ONLY_NAMES = RECORD_ATTRIBUTES | LOG_SPAN_ATTRIBUTES
 _LEVEL_NAMES = {level: logging.getLevelName(level).lower() for level in (10, 20, 30, 40, 50)}
 _ROOT = logging.getLogger()
 
@@ -65,12 +71,12 @@ class EventLog:
             or (sampled and route.request_spans is None)
             or _ROOT.handlers != route.handlers
             or not self._nothing_else_listens(level, route.json_lines)
-            or not fields.keys().isdisjoint(RECORD_ATTRIBUTES)
-            or (sampled and not all(type(value) in PLAIN_VALUES for value in fields.values()))
+            or not fields.keys().isdisjoint(_RECORD_ONLY_NAMES)
+            or (sampled and not PLAIN_VALUES.issuperset(map(type, fields.values())))
         ):
             # As a record: Logfire's handler takes it (outside a request, Logfire's path, fields
-            # it must serialise), and so does anything else listening. A field named like a
-            # record attribute raises the same KeyError as in standard logging.
+            # it must serialise or names it sets itself), and so does anything else listening. A
+            # field named like a record attribute raises the same KeyError as in standard logging.
             logger.log(level, event, extra=fields or None, stacklevel=3)
             return
         created = time.time()
@@ -87,7 +93,7 @@ class EventLog:
             route.request_spans.log_event(
                 level,
                 event,
-                fields.items(),
+                cast("Mapping[str, str | int | float | bool]", fields),  # plain: checked above
                 parent=span_context,
                 logger=self.name,
                 created=created,

@@ -3,7 +3,8 @@
 The SDK's exporter builds a protobuf object per span, attribute and value before serialising: for
 the request's two spans that was most of the export thread's time, taken from the event loop under
 the GIL. The encoding here writes the wire format directly and keeps each encoded attribute, since
-a service sends the same few pairs (methods, routes, tenant ids) span after span. The tests decode
+a service sends the same few pairs (methods, routes, tenant ids) span after span; spans.py writes
+the request spans from their facts with `span_message` and `encode_attributes`. The tests decode
 its output with opentelemetry-proto and compare it with the SDK encoder's, field by field.
 
 Where spans go is read from the standard variables, as OpenTelemetry's exporter reads them:
@@ -26,13 +27,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, Status, TraceState
 
 logger = logging.getLogger(__name__)
 
@@ -89,19 +91,37 @@ _MAX_CACHED_ATTRIBUTES = 4096
 
 
 def _span_attribute(key: str, value: object) -> bytes:
-    """Encodes (and keeps) one attribute; `_span` looks in the cache itself first.
+    """Encodes (and keeps) one attribute; `encode_attributes` looks in the cache itself first.
 
     Only called once that lookup worked, so the value is hashable.
     """
     encoded = _field(b"\x4a", _key_value(key, value))
-    if len(_SPAN_ATTRIBUTES) < _MAX_CACHED_ATTRIBUTES:
-        _SPAN_ATTRIBUTES[key, type(value), value] = encoded
+    if len(_SPAN_ATTRIBUTES) >= _MAX_CACHED_ATTRIBUTES:  # the frequent ones come back soon
+        _SPAN_ATTRIBUTES.clear()
+    _SPAN_ATTRIBUTES[key, type(value), value] = encoded
     return encoded
+
+
+def encode_attributes(attributes: Iterable[tuple[str, object]]) -> bytes:
+    """Span attributes, each as its own field (they follow one another in the `Span`)."""
+    pairs = attributes if isinstance(attributes, (list, tuple)) else list(attributes)
+    try:
+        cached = _SPAN_ATTRIBUTES.get
+        return b"".join(
+            [
+                cached((key, type(value), value)) or _span_attribute(key, value)
+                for key, value in pairs
+            ]
+        )
+    except TypeError:  # an unhashable value (a list): no cache for these
+        return b"".join([_field(b"\x4a", _key_value(key, value)) for key, value in pairs])
 
 
 _TIMES = struct.Struct("<BQBQ")  # start (field 7) and end (field 8) time, both fixed64
 _KINDS = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}  # OTLP's kinds start at 1
-_UNSET_STATUS = b"\x7a\x00"  # always sent, as the SDK's encoder does (empty when unset)
+# The status is always sent, as the SDK's encoder does (empty when unset).
+UNSET_STATUS = b"\x7a\x00"
+ERROR_STATUS = b"\x7a\x02\x18" + _varint(StatusCode.ERROR.value)
 # SpanFlags (fixed32): HAS_IS_REMOTE, and IS_REMOTE when the parent came from another process.
 _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", 0x100)
 _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", 0x300)
@@ -109,54 +129,76 @@ _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", 0x300)
 _NAMES: dict[str, bytes] = {}
 
 
-def _span(span: ReadableSpan) -> bytes:
-    """One `Span` (ScopeSpans field 2)."""
-    context = span.context
-    assert context is not None  # noqa: S101 - the request spans always have one
-    parent = span.parent
-    parts = [
-        b"\x0a\x10",
-        context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        context.span_id.to_bytes(8, "big"),
-    ]
-    if context.trace_state:
-        parts.append(_field(b"\x1a", context.trace_state.to_header().encode()))
+def encode_status(status: Status) -> bytes:
+    if not status.status_code.value and not status.description:
+        return UNSET_STATUS
+    encoded = _field(b"\x12", status.description.encode()) if status.description else b""
+    if status.status_code.value:
+        encoded += b"\x18" + _varint(status.status_code.value)
+    return _field(b"\x7a", encoded)
+
+
+def span_message(
+    trace_id: int,
+    span_id: int,
+    trace_state: TraceState | None,
+    parent: SpanContext | None,
+    name: str,
+    kind: SpanKind,
+    start: int,
+    end: int,
+    attributes: bytes,
+    events: bytes = b"",
+    status: bytes = UNSET_STATUS,
+) -> bytes:
+    """One `Span` (ScopeSpans field 2), its attributes, events and status already encoded."""
+    parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+    if trace_state:
+        parts.append(_field(b"\x1a", trace_state.to_header().encode()))
     if parent is not None:
         parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-    name = _NAMES.get(span.name)
-    if name is None:
-        name = _field(b"\x2a", span.name.encode("utf-8", "replace"))
-        if len(_NAMES) < _MAX_CACHED_ATTRIBUTES:
-            _NAMES[span.name] = name
-    times = _TIMES.pack(0x39, span.start_time or 0, 0x41, span.end_time or 0)
-    parts += (name, _KINDS[span.kind], times)
-    attributes = span.attributes
-    if attributes:
-        try:
-            cached = _SPAN_ATTRIBUTES.get
-            parts += [
-                cached((key, type(value), value)) or _span_attribute(key, value)
-                for key, value in attributes.items()
-            ]
-        except TypeError:  # an unhashable value (a list): no cache for this span
-            parts += [_field(b"\x4a", _key_value(key, value)) for key, value in attributes.items()]
+    encoded_name = _NAMES.get(name)
+    if encoded_name is None:
+        encoded_name = _field(b"\x2a", name.encode("utf-8", "replace"))
+        if len(_NAMES) >= _MAX_CACHED_ATTRIBUTES:  # messages built per record: start again
+            _NAMES.clear()
+        _NAMES[name] = encoded_name
+    parts += (
+        encoded_name,
+        _KINDS[kind],
+        _TIMES.pack(0x39, start, 0x41, end),
+        attributes,
+        events,
+        status,
+        _REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT,
+    )
+    return _field(b"\x12", b"".join(parts))
+
+
+def encode_span(span: ReadableSpan) -> bytes:
+    """One finished SDK span (`span_message`)."""
+    context = span.context
+    assert context is not None  # noqa: S101 - the request spans always have one
+    events = b""
     for event in span.events:
         encoded = b"\x09" + struct.pack("<Q", event.timestamp)
         encoded += _field(b"\x12", event.name.encode())
         for key, value in (event.attributes or {}).items():
             encoded += _field(b"\x1a", _key_value(key, value))
-        parts.append(_field(b"\x5a", encoded))
-    status = span.status
-    if status.status_code.value or status.description:
-        encoded = _field(b"\x12", status.description.encode()) if status.description else b""
-        if status.status_code.value:
-            encoded += b"\x18" + _varint(status.status_code.value)
-        parts.append(_field(b"\x7a", encoded))
-    else:
-        parts.append(_UNSET_STATUS)
-    parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
-    return _field(b"\x12", b"".join(parts))
+        events += _field(b"\x5a", encoded)
+    return span_message(
+        context.trace_id,
+        context.span_id,
+        context.trace_state,
+        span.parent,
+        span.name,
+        span.kind,
+        span.start_time or 0,
+        span.end_time or 0,
+        encode_attributes((span.attributes or {}).items()),
+        events,
+        encode_status(span.status),
+    )
 
 
 def encode_resource(resource: Resource) -> bytes:
@@ -177,9 +219,18 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
 
 def encode_spans(spans: Sequence[ReadableSpan], resource: bytes) -> bytes:
     """An `ExportTraceServiceRequest` with one resource and the spans grouped by scope."""
+    return encode_request(
+        [(span.instrumentation_scope, encode_span(span)) for span in spans], resource
+    )
+
+
+def encode_request(
+    spans: Iterable[tuple[InstrumentationScope | None, bytes]], resource: bytes
+) -> bytes:
+    """`encode_spans` for spans already encoded (`span_message`), each with its scope."""
     by_scope: dict[InstrumentationScope | None, list[bytes]] = {}
-    for span in spans:
-        by_scope.setdefault(span.instrumentation_scope, []).append(_span(span))
+    for scope, span in spans:
+        by_scope.setdefault(scope, []).append(span)
     scope_spans = b"".join(
         _field(b"\x12", _scope(scope) + b"".join(encoded)) for scope, encoded in by_scope.items()
     )
@@ -198,8 +249,8 @@ MAX_QUEUE = 4096
 MAX_EXPORT_BATCH = 256
 _RETRYABLE = frozenset({408, 429, 502, 503, 504})
 _DROP_WARNING_INTERVAL_SECONDS = 60.0
-# A span to build when its batch is sent: a function and its arguments (`on_end_later`).
-PendingSpan = tuple["Callable[..., ReadableSpan]", tuple[object, ...]]
+# A span to encode when its batch is sent: its scope, a function and its arguments (`on_end_later`).
+PendingSpan = tuple["InstrumentationScope", "Callable[..., bytes]", tuple[object, ...]]
 
 
 def _variable(name: str, default: str | None = None) -> str | None:
@@ -250,7 +301,7 @@ class OtlpSpanExporter(SpanProcessor):
 
     A span processor (only `on_end` does anything) so that the request spans reach it exactly as
     they reach any other processor: tests pass in-memory ones beside it. When it is the only one,
-    spans.py hands it unbuilt spans instead (`on_end_later`), built here with their batch.
+    spans.py hands it unbuilt spans instead (`on_end_later`), encoded here with their batch.
     """
 
     def __init__(
@@ -313,9 +364,11 @@ class OtlpSpanExporter(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         self._enqueue(span)
 
-    def on_end_later(self, build: Callable[..., ReadableSpan], facts: tuple[object, ...]) -> None:
-        """A finished span that `build(*facts)` makes, called in this exporter's thread."""
-        self._enqueue((build, facts))
+    def on_end_later(
+        self, scope: InstrumentationScope, encode: Callable[..., bytes], facts: tuple[object, ...]
+    ) -> None:
+        """A finished span: `encode(*facts)` writes it (`span_message`) in the exporter's thread."""
+        self._enqueue((scope, encode, facts))
 
     def _enqueue(self, item: ReadableSpan | PendingSpan) -> None:
         if len(self._queue) >= self._max_queue:
@@ -353,21 +406,21 @@ class OtlpSpanExporter(SpanProcessor):
 
     def _send_batch(self, deadline: float) -> bool:
         with self._send_lock:
-            batch: list[ReadableSpan] = []
+            batch: list[tuple[InstrumentationScope | None, bytes]] = []
             while self._queue and len(batch) < MAX_EXPORT_BATCH:
                 item = self._queue.popleft()
-                if isinstance(item, tuple):
-                    build, facts = item
-                    try:
-                        item = build(*facts)
-                    except Exception:  # noqa: BLE001 - one bad span must not stop the exports
-                        self.dropped += 1
-                        self._warn_dropped()
-                        continue
-                batch.append(item)
+                if isinstance(item, ReadableSpan):
+                    batch.append((item.instrumentation_scope, encode_span(item)))
+                    continue
+                scope, encode, facts = item
+                try:
+                    batch.append((scope, encode(*facts)))
+                except Exception:  # noqa: BLE001 - one bad span must not stop the exports
+                    self.dropped += 1
+                    self._warn_dropped()
             if not batch:
                 return True
-            body = encode_spans(batch, self._resource)
+            body = encode_request(batch, self._resource)
             if self._gzip:
                 body = gzip.compress(body, compresslevel=6)
             if self._post(body, deadline):

@@ -7,8 +7,8 @@ with valgrind; `REQUEST_SPANS=logfire` shows Logfire's path in bench/run.py's `t
 direct path builds the same spans Logfire would export (names, attributes, scopes, resource,
 parents) as finished `ReadableSpan`s once the request is over and hands them to the span
 processors: the OTLP exporter in otlp.py and any the caller passed in (the tests' in-memory one).
-With the exporter alone, it builds them in its thread, just before encoding them: the request
-only queues the facts (see `_hand_over`).
+With the exporter alone there is no span object at all: the request queues the facts and the
+exporter's thread writes the protobuf straight from them (see `_hand_over`).
 
 What stays with Logfire: spans that code inside the request starts itself (`logfire.span`, httpx,
 SQLAlchemy, ...) are children of the SERVER span, whose ids are in the context; records that do
@@ -37,10 +37,17 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from .logs import RECORD_ATTRIBUTES, REDACTED, is_secret_key, redact_text
-from .otlp import OtlpSpanExporter
+from .otlp import (
+    ERROR_STATUS,
+    UNSET_STATUS,
+    OtlpSpanExporter,
+    encode_attributes,
+    encode_span,
+    span_message,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from opentelemetry.sdk.trace import Span, SpanProcessor
     from opentelemetry.util.types import Attributes
@@ -58,9 +65,27 @@ LOGFIRE_LEVEL_NUMBERS = {
 # Extra values a span attribute holds as they are; anything else (dicts, objects) goes to
 # Logfire's handler, which serialises it with a JSON schema.
 PLAIN_VALUES = frozenset({str, int, float, bool})
+# The attributes Logfire sets on a log itself: a field with one of these names does not fit the
+# direct path (Logfire's handler decides which value wins).
+LOG_SPAN_ATTRIBUTES = frozenset(
+    {
+        "logfire.span_type",
+        "logfire.level_num",
+        "logfire.msg_template",
+        "logfire.msg",
+        "code.filepath",
+        "code.function",
+        "code.lineno",
+        "logfire.logger_name",
+        "logfire.json_schema",
+    }
+)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
+# Bounds the caches of repeated parts: routes, statuses and log call sites are few, but a record
+# may carry a message built for it.
+_MAX_CACHED = 1024
 
 
 class RequestSpans:
@@ -84,6 +109,8 @@ class RequestSpans:
         # The scope Logfire's logging handler uses, so queries by scope see no difference.
         self._log_scope = InstrumentationScope("logfire.stdlib.logging", logfire.VERSION)
         self._schemas: dict[tuple[str, ...], str] = {}
+        # Encoded attributes that repeat, by what they are made of (the exporter's thread only).
+        self._encoded: dict[tuple[object, ...], bytes] = {}
 
     def end_server_span(
         self,
@@ -115,7 +142,13 @@ class RequestSpans:
             error,
         )
         # An exception's traceback grows as it propagates: a span with one is built now.
-        self._hand_over(self._server_span, facts, later=error is None)
+        self._hand_over(
+            self._server_span,
+            self._encode_server_span,
+            self._server_scope,
+            facts,
+            later=error is None,
+        )
 
     def _server_span(
         self,
@@ -132,28 +165,21 @@ class RequestSpans:
         error: BaseException | None,
     ) -> ReadableSpan:
         shown_path = redact_text(path)
-        attributes: dict[str, str | int] = {"logfire.span_type": "span", **tenant}
-        # Logfire shows a server span as `METHOD path`; the span's name keeps the route template.
-        attributes["logfire.msg"] = f"{method} {shown_path}"
-        attributes["http.request.method"] = method
-        attributes["http.response.status_code"] = status
-        attributes["url.path"] = shown_path
-        attributes["url.scheme"] = scheme
-        if route:
-            attributes["http.route"] = route
         failed = status >= 500 or error is not None
-        # Logfire's levels for server spans: error with the status, warning for client errors.
-        if failed:
-            attributes["logfire.level_num"] = LOGFIRE_LEVEL_NUMBERS[logging.ERROR]
-        elif status >= 400:
-            attributes["logfire.level_num"] = LOGFIRE_LEVEL_NUMBERS[logging.WARNING]
+        attributes = {
+            **_server_attributes(method, route, status, scheme, failed=failed),
+            # Logfire shows a server span as `METHOD path`; its name keeps the route template.
+            "logfire.msg": f"{method} {shown_path}",
+            "url.path": shown_path,
+            **tenant,
+        }
         events: tuple[Event, ...] = ()
         if error is not None:
             events = (_exception_event(error, end),)
             # What Logfire's UI groups errors into issues by.
             attributes["logfire.exception.fingerprint"] = _issue_fingerprint(error)
         return ReadableSpan(
-            name=f"{method} {route}" if route else method,
+            name=_server_span_name(method, route),
             context=span_context,
             parent=parent if parent.is_valid else None,
             resource=self.resource,
@@ -166,12 +192,66 @@ class RequestSpans:
             instrumentation_scope=self._server_scope,
         )
 
+    def _encode_server_span(
+        self,
+        span_context: SpanContext,
+        parent: SpanContext,
+        method: str,
+        route: str | None,
+        status: int,
+        path: str,
+        scheme: str,
+        tenant: Mapping[str, str],
+        start: int,
+        end: int,
+        error: BaseException | None,
+    ) -> bytes:
+        """`encode_span(self._server_span(...))`, with the attributes that repeat encoded once."""
+        if error is not None:  # not handed over like this (end_server_span), but still right
+            return encode_span(
+                self._server_span(
+                    span_context,
+                    parent,
+                    method,
+                    route,
+                    status,
+                    path,
+                    scheme,
+                    tenant,
+                    start,
+                    end,
+                    error,
+                )
+            )
+        failed = status >= 500
+        key = (method, route, status, scheme)
+        repeated = self._encoded.get(key)
+        if repeated is None:
+            repeated = encode_attributes(
+                _server_attributes(method, route, status, scheme, failed=failed).items()
+            )
+            self._remember(key, repeated)
+        shown_path = redact_text(path)
+        varying = (("logfire.msg", f"{method} {shown_path}"), ("url.path", shown_path))
+        return span_message(
+            span_context.trace_id,
+            span_context.span_id,
+            span_context.trace_state,
+            parent if parent.is_valid else None,
+            _server_span_name(method, route),
+            SpanKind.SERVER,
+            start,
+            end,
+            repeated + encode_attributes((*varying, *tenant.items())),
+            status=ERROR_STATUS if failed else UNSET_STATUS,
+        )
+
     def log(self, record: logging.LogRecord, parent: SpanContext) -> bool:
         """The record as the log span Logfire's handler would make; False if it does not fit.
 
         Fits: a standard level at or above the minimum, a plain message without `%` arguments, no
-        stack, an exception only at error level and above, extras of plain values. The rest goes
-        to Logfire's handler.
+        stack, an exception only at error level and above, extras of plain values not named like
+        Logfire's own attributes. The rest goes to Logfire's handler.
         """
         message = record.msg
         if record.args or record.stack_info or type(message) is not str:
@@ -179,10 +259,15 @@ class RequestSpans:
         exception = record.exc_info[1] if record.exc_info else None
         if record.exc_info and (exception is None or record.levelno < logging.ERROR):
             return False
+        extras = {k: v for k, v in record.__dict__.items() if k not in RECORD_ATTRIBUTES}
+        if not LOG_SPAN_ATTRIBUTES.isdisjoint(extras) or not PLAIN_VALUES.issuperset(
+            map(type, extras.values())
+        ):
+            return False
         return self.log_event(
             record.levelno,
             message,
-            record.__dict__.items(),
+            extras,
             parent=parent,
             logger=record.name,
             created=record.created,
@@ -196,7 +281,7 @@ class RequestSpans:
         self,
         levelno: int,
         message: str,
-        fields: Iterable[tuple[str, object]],
+        fields: Mapping[str, str | int | float | bool],
         *,
         parent: SpanContext,
         logger: str,
@@ -206,51 +291,42 @@ class RequestSpans:
         function: str,
         exception: BaseException | None = None,
     ) -> bool:
-        """A log span, as Logfire's handler makes one from a record; False if it does not fit.
+        """A log span, as Logfire's handler makes one from a record; False below the minimum level.
 
-        `fields` may be a record's whole `__dict__`: its standard attributes are skipped. They
-        must be plain values (str, int, float, bool).
+        `fields` are the log's own: plain values, named neither like a record attribute nor like
+        one of `LOG_SPAN_ATTRIBUTES`, and nothing may change them afterwards.
         """
         level = LOGFIRE_LEVEL_NUMBERS.get(levelno)
         if level is None or levelno < self.min_level:
             return False
-        extras: dict[str, str | int | float | bool] = {}
-        for key, value in fields:
-            if key in RECORD_ATTRIBUTES:
-                continue
-            if type(value) not in PLAIN_VALUES:
-                return False
-            if is_secret_key(key):
-                value = REDACTED
-            elif type(value) is str:
-                value = redact_text(value)
-            extras[key] = value  # type: ignore[assignment]
-        # Logfire copies the baggage (the tenant ids, set by the middleware) onto every log.
-        in_baggage = baggage.get_all()
-        timestamp = int(created * 1e9)
         facts = (
             level,
             message,
-            extras,
-            in_baggage,
+            fields,
+            # Logfire copies the baggage (the tenant ids, set by the middleware) onto every log.
+            baggage.get_all(),
             parent,
+            random.getrandbits(64) or 1,
             logger,
-            timestamp,
+            int(created * 1e9),
             filepath,
             lineno,
             function,
             exception,
         )
-        self._hand_over(self._log_span, facts, later=exception is None)
+        self._hand_over(
+            self._log_span, self._encode_log_span, self._log_scope, facts, later=exception is None
+        )
         return True
 
     def _log_span(
         self,
         level: int,
         message: str,
-        extras: Mapping[str, str | int | float | bool],
+        fields: Mapping[str, str | int | float | bool],
         in_baggage: Mapping[str, object],
         parent: SpanContext,
+        span_id: int,
         logger: str,
         timestamp: int,
         filepath: str,
@@ -258,17 +334,11 @@ class RequestSpans:
         function: str,
         exception: BaseException | None,
     ) -> ReadableSpan:
-        attributes: dict[str, str | int | float | bool] = {
-            "logfire.span_type": "log",
-            "logfire.level_num": level,
-            "logfire.msg_template": message,
-            "logfire.msg": message,
-            "code.filepath": filepath,
-            "code.function": function,
-            "code.lineno": lineno,
-            **extras,
-            "logfire.logger_name": logger,
-            "logfire.json_schema": self._json_schema(tuple(extras)),
+        attributes = {
+            **self._log_attributes(
+                level, message, logger, filepath, lineno, function, tuple(fields)
+            ),
+            **dict(_shown_fields(fields)),
         }
         for key, value in in_baggage.items():
             attributes.setdefault(key, str(value))
@@ -284,7 +354,7 @@ class RequestSpans:
             name=message,
             context=SpanContext(
                 parent.trace_id,
-                random.getrandbits(64) or 1,
+                span_id,
                 is_remote=False,
                 trace_flags=_SAMPLED,
                 trace_state=parent.trace_state,
@@ -300,6 +370,86 @@ class RequestSpans:
             instrumentation_scope=self._log_scope,
         )
 
+    def _encode_log_span(
+        self,
+        level: int,
+        message: str,
+        fields: Mapping[str, str | int | float | bool],
+        in_baggage: Mapping[str, object],
+        parent: SpanContext,
+        span_id: int,
+        logger: str,
+        timestamp: int,
+        filepath: str,
+        lineno: int,
+        function: str,
+        exception: BaseException | None,
+    ) -> bytes:
+        """`encode_span(self._log_span(...))`, with the attributes that repeat encoded once."""
+        if exception is not None:  # not handed over like this (log_event), but still right
+            return encode_span(
+                self._log_span(
+                    level,
+                    message,
+                    fields,
+                    in_baggage,
+                    parent,
+                    span_id,
+                    logger,
+                    timestamp,
+                    filepath,
+                    lineno,
+                    function,
+                    exception,
+                )
+            )
+        key = (level, message, logger, filepath, lineno, function, tuple(fields))
+        repeated = self._encoded.get(key)
+        if repeated is None:
+            repeated = encode_attributes(self._log_attributes(*key).items())
+            self._remember(key, repeated)
+        from_baggage = [
+            (name, str(value))
+            for name, value in in_baggage.items()
+            if name not in fields and name not in LOG_SPAN_ATTRIBUTES
+        ]
+        error = level >= LOGFIRE_LEVEL_NUMBERS[logging.ERROR]
+        return span_message(
+            parent.trace_id,
+            span_id,
+            parent.trace_state,
+            parent,
+            message,
+            SpanKind.INTERNAL,
+            timestamp,
+            timestamp,
+            repeated + encode_attributes([*_shown_fields(fields), *from_baggage]),
+            status=ERROR_STATUS if error else UNSET_STATUS,
+        )
+
+    def _log_attributes(
+        self,
+        level: int,
+        message: str,
+        logger: str,
+        filepath: str,
+        lineno: int,
+        function: str,
+        keys: tuple[str, ...],
+    ) -> dict[str, str | int]:
+        """The attributes a log span repeats from one call to the next (`keys`: its fields')."""
+        return {
+            "logfire.span_type": "log",
+            "logfire.level_num": level,
+            "logfire.msg_template": message,
+            "logfire.msg": message,
+            "code.filepath": filepath,
+            "code.function": function,
+            "code.lineno": lineno,
+            "logfire.logger_name": logger,
+            "logfire.json_schema": self._json_schema(keys),
+        }
+
     def force_flush(self, timeout_millis: int) -> None:
         for processor in self.processors:
             processor.force_flush(timeout_millis)
@@ -309,18 +459,31 @@ class RequestSpans:
             processor.shutdown()
 
     def _hand_over(
-        self, build: Callable[..., ReadableSpan], facts: tuple[object, ...], *, later: bool
+        self,
+        build: Callable[..., ReadableSpan],
+        encode: Callable[..., bytes],
+        scope: InstrumentationScope,
+        facts: tuple[object, ...],
+        *,
+        later: bool,
     ) -> None:
-        """`build(*facts)` to the processors; or, `later`, to the exporter alone to build it.
+        """`build(*facts)` to the processors; or, `later`, `encode` to the exporter alone.
 
         Inside a loaded server, building a span on the event loop took about three times as long
-        as in the exporter's batch, where the same code runs warm in the CPU's caches. `facts`
-        must not change afterwards: ids, numbers, strings and mappings nothing else writes to.
+        as in the exporter's batch, where the same code runs warm in the CPU's caches; and the
+        exporter alone needs no span object, only its bytes, which `encode` writes with the
+        attributes that repeat from span to span encoded once. `facts` must not change
+        afterwards: ids, numbers, strings and mappings nothing else writes to.
         """
         if later and self._exporter_alone is not None:
-            self._exporter_alone.on_end_later(build, facts)
+            self._exporter_alone.on_end_later(scope, encode, facts)
         else:
             self._finish(build(*facts))
+
+    def _remember(self, key: tuple[object, ...], encoded: bytes) -> None:
+        if len(self._encoded) >= _MAX_CACHED:
+            self._encoded.clear()
+        self._encoded[key] = encoded
 
     def _finish(self, span: ReadableSpan) -> None:
         for processor in self.processors:
@@ -336,6 +499,43 @@ class RequestSpans:
             if len(self._schemas) < 1024:
                 self._schemas[keys] = schema
         return schema
+
+
+def _server_attributes(
+    method: str, route: str | None, status: int, scheme: str, *, failed: bool
+) -> dict[str, str | int]:
+    """The attributes of a SERVER span that repeat from request to request."""
+    attributes: dict[str, str | int] = {
+        "logfire.span_type": "span",
+        "http.request.method": method,
+        "http.response.status_code": status,
+        "url.scheme": scheme,
+    }
+    if route:
+        attributes["http.route"] = route
+    # Logfire's levels for server spans: error with the status, warning for client errors.
+    if failed:
+        attributes["logfire.level_num"] = LOGFIRE_LEVEL_NUMBERS[logging.ERROR]
+    elif status >= 400:
+        attributes["logfire.level_num"] = LOGFIRE_LEVEL_NUMBERS[logging.WARNING]
+    return attributes
+
+
+def _server_span_name(method: str, route: str | None) -> str:
+    return f"{method} {route}" if route else method
+
+
+def _shown_fields(
+    fields: Mapping[str, str | int | float | bool],
+) -> list[tuple[str, str | int | float | bool]]:
+    """A log's fields as its span shows them: credentials redacted, as Logfire scrubs them."""
+    return [
+        (
+            key,
+            REDACTED if is_secret_key(key) else redact_text(value) if type(value) is str else value,
+        )
+        for key, value in fields.items()
+    ]
 
 
 def _exception_event(error: BaseException, timestamp: int, *, escaped: bool = True) -> Event:
