@@ -161,7 +161,7 @@ def test_a_rejected_batch_is_dropped_not_retried(receiver: OtlpReceiver) -> None
 def test_a_span_that_fails_to_encode_is_dropped_and_the_rest_are_sent(
     receiver: OtlpReceiver,
 ) -> None:
-    def broken() -> bytes:
+    def broken(facts: object) -> bytes:
         raise RuntimeError("a bug in a span encoder")
 
     server = request_spans()[1]
@@ -169,8 +169,8 @@ def test_a_span_that_fails_to_encode_is_dropped_and_the_rest_are_sent(
     assert scope is not None
     exporter = OtlpSpanExporter(receiver.url + "/v1/traces", RESOURCE, timeout=5)
     try:
-        exporter.on_end_later(scope, broken, ())
-        exporter.on_end_later(scope, encode_span, (server,))
+        exporter.on_end_later(scope, broken, server)
+        exporter.on_end_later(scope, encode_span, server)
         assert exporter.force_flush(5000)
     finally:
         exporter.shutdown()

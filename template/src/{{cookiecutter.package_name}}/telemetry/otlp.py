@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext, Status, TraceState
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # --- Encoding: field numbers from opentelemetry/proto/trace/v1/trace.proto and common.proto ------
 
@@ -249,8 +250,8 @@ MAX_QUEUE = 4096
 MAX_EXPORT_BATCH = 256
 _RETRYABLE = frozenset({408, 429, 502, 503, 504})
 _DROP_WARNING_INTERVAL_SECONDS = 60.0
-# A span to encode when its batch is sent: its scope, a function and its arguments (`on_end_later`).
-PendingSpan = tuple["InstrumentationScope", "Callable[..., bytes]", tuple[object, ...]]
+# A span to encode when its batch is sent: its scope, a function and what it takes (`on_end_later`).
+PendingSpan = tuple["InstrumentationScope", "Callable[[Any], bytes]", object]
 
 
 def _variable(name: str, default: str | None = None) -> str | None:
@@ -365,9 +366,9 @@ class OtlpSpanExporter(SpanProcessor):
         self._enqueue(span)
 
     def on_end_later(
-        self, scope: InstrumentationScope, encode: Callable[..., bytes], facts: tuple[object, ...]
+        self, scope: InstrumentationScope, encode: Callable[[T], bytes], facts: T
     ) -> None:
-        """A finished span: `encode(*facts)` writes it (`span_message`) in the exporter's thread."""
+        """A finished span: `encode(facts)` writes it (`span_message`) in the exporter's thread."""
         self._enqueue((scope, encode, facts))
 
     def _enqueue(self, item: ReadableSpan | PendingSpan) -> None:
@@ -414,7 +415,7 @@ class OtlpSpanExporter(SpanProcessor):
                     continue
                 scope, encode, facts = item
                 try:
-                    batch.append((scope, encode(*facts)))
+                    batch.append((scope, encode(facts)))
                 except Exception:  # noqa: BLE001 - one bad span must not stop the exports
                     self.dropped += 1
                     self._warn_dropped()

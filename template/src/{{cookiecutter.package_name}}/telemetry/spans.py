@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import traceback
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 
 import logfire
 from logfire.types import ExceptionCallbackHelper
@@ -88,6 +88,42 @@ _ERROR = Status(StatusCode.ERROR)
 _MAX_CACHED = 1024
 
 
+class ServerSpanFacts(NamedTuple):
+    """What a request's SERVER span is made of, kept until it is built or encoded."""
+
+    span_context: SpanContext
+    parent: SpanContext
+    method: str
+    route: str | None
+    status: int
+    path: str
+    scheme: str
+    tenant: Mapping[str, str]
+    start: int
+    end: int
+    error: BaseException | None
+
+
+class LogSpanFacts(NamedTuple):
+    """What a log span is made of (`log_event`), kept until it is built or encoded."""
+
+    level: int  # Logfire's level number
+    message: str
+    fields: Mapping[str, str | int | float | bool]
+    in_baggage: Mapping[str, object]
+    parent: SpanContext
+    span_id: int
+    logger: str
+    timestamp: int
+    filepath: str
+    lineno: int
+    function: str
+    exception: BaseException | None
+
+
+Facts = TypeVar("Facts", ServerSpanFacts, LogSpanFacts)
+
+
 class RequestSpans:
     """Builds the SERVER span and log records of traced requests and hands them to `processors`."""
 
@@ -128,18 +164,8 @@ class RequestSpans:
         error: BaseException | None,
     ) -> None:
         """The finished SERVER span: what the middleware and Logfire's processors would export."""
-        facts = (
-            span_context,
-            parent,
-            method,
-            route,
-            status,
-            path,
-            scheme,
-            tenant,
-            start,
-            end,
-            error,
+        facts = ServerSpanFacts(
+            span_context, parent, method, route, status, path, scheme, tenant, start, end, error
         )
         # An exception's traceback grows as it propagates: a span with one is built now.
         self._hand_over(
@@ -150,79 +176,41 @@ class RequestSpans:
             later=error is None,
         )
 
-    def _server_span(
-        self,
-        span_context: SpanContext,
-        parent: SpanContext,
-        method: str,
-        route: str | None,
-        status: int,
-        path: str,
-        scheme: str,
-        tenant: Mapping[str, str],
-        start: int,
-        end: int,
-        error: BaseException | None,
-    ) -> ReadableSpan:
-        shown_path = redact_text(path)
+    def _server_span(self, facts: ServerSpanFacts) -> ReadableSpan:
+        method, route, status, error = facts.method, facts.route, facts.status, facts.error
+        shown_path = redact_text(facts.path)
         failed = status >= 500 or error is not None
         attributes = {
-            **_server_attributes(method, route, status, scheme, failed=failed),
+            **_server_attributes(method, route, status, facts.scheme, failed=failed),
             # Logfire shows a server span as `METHOD path`; its name keeps the route template.
             "logfire.msg": f"{method} {shown_path}",
             "url.path": shown_path,
-            **tenant,
+            **facts.tenant,
         }
         events: tuple[Event, ...] = ()
         if error is not None:
-            events = (_exception_event(error, end),)
+            events = (_exception_event(error, facts.end),)
             # What Logfire's UI groups errors into issues by.
             attributes["logfire.exception.fingerprint"] = _issue_fingerprint(error)
         return ReadableSpan(
             name=_server_span_name(method, route),
-            context=span_context,
-            parent=parent if parent.is_valid else None,
+            context=facts.span_context,
+            parent=facts.parent if facts.parent.is_valid else None,
             resource=self.resource,
             attributes=attributes,
             events=events,
             kind=SpanKind.SERVER,
             status=_ERROR if failed else _OK,
-            start_time=start,
-            end_time=end,
+            start_time=facts.start,
+            end_time=facts.end,
             instrumentation_scope=self._server_scope,
         )
 
-    def _encode_server_span(
-        self,
-        span_context: SpanContext,
-        parent: SpanContext,
-        method: str,
-        route: str | None,
-        status: int,
-        path: str,
-        scheme: str,
-        tenant: Mapping[str, str],
-        start: int,
-        end: int,
-        error: BaseException | None,
-    ) -> bytes:
-        """`encode_span(self._server_span(...))`, with the attributes that repeat encoded once."""
-        if error is not None:  # not handed over like this (end_server_span), but still right
-            return encode_span(
-                self._server_span(
-                    span_context,
-                    parent,
-                    method,
-                    route,
-                    status,
-                    path,
-                    scheme,
-                    tenant,
-                    start,
-                    end,
-                    error,
-                )
-            )
+    def _encode_server_span(self, facts: ServerSpanFacts) -> bytes:
+        """`encode_span(self._server_span(facts))`, with the attributes that repeat encoded once."""
+        if facts.error is not None:  # not handed over like this (end_server_span), but still right
+            return encode_span(self._server_span(facts))
+        method, route, status, scheme = facts.method, facts.route, facts.status, facts.scheme
         failed = status >= 500
         key = (method, route, status, scheme)
         repeated = self._encoded.get(key)
@@ -231,8 +219,9 @@ class RequestSpans:
                 _server_attributes(method, route, status, scheme, failed=failed).items()
             )
             self._remember(key, repeated)
-        shown_path = redact_text(path)
+        shown_path = redact_text(facts.path)
         varying = (("logfire.msg", f"{method} {shown_path}"), ("url.path", shown_path))
+        span_context, parent = facts.span_context, facts.parent
         return span_message(
             span_context.trace_id,
             span_context.span_id,
@@ -240,9 +229,9 @@ class RequestSpans:
             parent if parent.is_valid else None,
             _server_span_name(method, route),
             SpanKind.SERVER,
-            start,
-            end,
-            repeated + encode_attributes((*varying, *tenant.items())),
+            facts.start,
+            facts.end,
+            repeated + encode_attributes((*varying, *facts.tenant.items())),
             status=ERROR_STATUS if failed else UNSET_STATUS,
         )
 
@@ -299,7 +288,7 @@ class RequestSpans:
         level = LOGFIRE_LEVEL_NUMBERS.get(levelno)
         if level is None or levelno < self.min_level:
             return False
-        facts = (
+        facts = LogSpanFacts(
             level,
             message,
             fields,
@@ -319,42 +308,24 @@ class RequestSpans:
         )
         return True
 
-    def _log_span(
-        self,
-        level: int,
-        message: str,
-        fields: Mapping[str, str | int | float | bool],
-        in_baggage: Mapping[str, object],
-        parent: SpanContext,
-        span_id: int,
-        logger: str,
-        timestamp: int,
-        filepath: str,
-        lineno: int,
-        function: str,
-        exception: BaseException | None,
-    ) -> ReadableSpan:
-        attributes = {
-            **self._log_attributes(
-                level, message, logger, filepath, lineno, function, tuple(fields)
-            ),
-            **dict(_shown_fields(fields)),
-        }
-        for key, value in in_baggage.items():
+    def _log_span(self, facts: LogSpanFacts) -> ReadableSpan:
+        parent, exception = facts.parent, facts.exception
+        attributes = {**self._log_attributes(facts), **dict(_shown_fields(facts.fields))}
+        for key, value in facts.in_baggage.items():
             attributes.setdefault(key, str(value))
         # As Logfire marks them: an error-level log has the error status (and its exception's text).
         status = _OK
         events: tuple[Event, ...] = ()
         if exception is not None:
             status = Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}")
-            events = (_exception_event(exception, timestamp, escaped=False),)
-        elif level >= LOGFIRE_LEVEL_NUMBERS[logging.ERROR]:
+            events = (_exception_event(exception, facts.timestamp, escaped=False),)
+        elif facts.level >= LOGFIRE_LEVEL_NUMBERS[logging.ERROR]:
             status = _ERROR
         return ReadableSpan(
-            name=message,
+            name=facts.message,
             context=SpanContext(
                 parent.trace_id,
-                span_id,
+                facts.span_id,
                 is_remote=False,
                 trace_flags=_SAMPLED,
                 trace_state=parent.trace_state,
@@ -365,89 +336,52 @@ class RequestSpans:
             events=events,
             kind=SpanKind.INTERNAL,
             status=status,
-            start_time=timestamp,
-            end_time=timestamp,
+            start_time=facts.timestamp,
+            end_time=facts.timestamp,
             instrumentation_scope=self._log_scope,
         )
 
-    def _encode_log_span(
-        self,
-        level: int,
-        message: str,
-        fields: Mapping[str, str | int | float | bool],
-        in_baggage: Mapping[str, object],
-        parent: SpanContext,
-        span_id: int,
-        logger: str,
-        timestamp: int,
-        filepath: str,
-        lineno: int,
-        function: str,
-        exception: BaseException | None,
-    ) -> bytes:
-        """`encode_span(self._log_span(...))`, with the attributes that repeat encoded once."""
-        if exception is not None:  # not handed over like this (log_event), but still right
-            return encode_span(
-                self._log_span(
-                    level,
-                    message,
-                    fields,
-                    in_baggage,
-                    parent,
-                    span_id,
-                    logger,
-                    timestamp,
-                    filepath,
-                    lineno,
-                    function,
-                    exception,
-                )
-            )
-        key = (level, message, logger, filepath, lineno, function, tuple(fields))
+    def _encode_log_span(self, facts: LogSpanFacts) -> bytes:
+        """`encode_span(self._log_span(facts))`, with the attributes that repeat encoded once."""
+        if facts.exception is not None:  # not handed over like this (log_event), but still right
+            return encode_span(self._log_span(facts))
+        level, message, fields, parent = facts.level, facts.message, facts.fields, facts.parent
+        key = (level, message, facts.logger, facts.filepath, facts.lineno, facts.function, *fields)
         repeated = self._encoded.get(key)
         if repeated is None:
-            repeated = encode_attributes(self._log_attributes(*key).items())
+            repeated = encode_attributes(self._log_attributes(facts).items())
             self._remember(key, repeated)
         from_baggage = [
             (name, str(value))
-            for name, value in in_baggage.items()
+            for name, value in facts.in_baggage.items()
             if name not in fields and name not in LOG_SPAN_ATTRIBUTES
         ]
         error = level >= LOGFIRE_LEVEL_NUMBERS[logging.ERROR]
         return span_message(
             parent.trace_id,
-            span_id,
+            facts.span_id,
             parent.trace_state,
             parent,
             message,
             SpanKind.INTERNAL,
-            timestamp,
-            timestamp,
+            facts.timestamp,
+            facts.timestamp,
             repeated + encode_attributes([*_shown_fields(fields), *from_baggage]),
             status=ERROR_STATUS if error else UNSET_STATUS,
         )
 
-    def _log_attributes(
-        self,
-        level: int,
-        message: str,
-        logger: str,
-        filepath: str,
-        lineno: int,
-        function: str,
-        keys: tuple[str, ...],
-    ) -> dict[str, str | int]:
-        """The attributes a log span repeats from one call to the next (`keys`: its fields')."""
+    def _log_attributes(self, facts: LogSpanFacts) -> dict[str, str | int]:
+        """The attributes a log span repeats from one call to the next."""
         return {
             "logfire.span_type": "log",
-            "logfire.level_num": level,
-            "logfire.msg_template": message,
-            "logfire.msg": message,
-            "code.filepath": filepath,
-            "code.function": function,
-            "code.lineno": lineno,
-            "logfire.logger_name": logger,
-            "logfire.json_schema": self._json_schema(keys),
+            "logfire.level_num": facts.level,
+            "logfire.msg_template": facts.message,
+            "logfire.msg": facts.message,
+            "code.filepath": facts.filepath,
+            "code.function": facts.function,
+            "code.lineno": facts.lineno,
+            "logfire.logger_name": facts.logger,
+            "logfire.json_schema": self._json_schema(tuple(facts.fields)),
         }
 
     def force_flush(self, timeout_millis: int) -> None:
@@ -460,14 +394,14 @@ class RequestSpans:
 
     def _hand_over(
         self,
-        build: Callable[..., ReadableSpan],
-        encode: Callable[..., bytes],
+        build: Callable[[Facts], ReadableSpan],
+        encode: Callable[[Facts], bytes],
         scope: InstrumentationScope,
-        facts: tuple[object, ...],
+        facts: Facts,
         *,
         later: bool,
     ) -> None:
-        """`build(*facts)` to the processors; or, `later`, `encode` to the exporter alone.
+        """`build(facts)` to the processors; or, `later`, `encode` to the exporter alone.
 
         Inside a loaded server, building a span on the event loop took about three times as long
         as in the exporter's batch, where the same code runs warm in the CPU's caches; and the
@@ -478,7 +412,7 @@ class RequestSpans:
         if later and self._exporter_alone is not None:
             self._exporter_alone.on_end_later(scope, encode, facts)
         else:
-            self._finish(build(*facts))
+            self._finish(build(facts))
 
     def _remember(self, key: tuple[object, ...], encoded: bytes) -> None:
         if len(self._encoded) >= _MAX_CACHED:
