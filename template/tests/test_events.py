@@ -97,7 +97,12 @@ def app_with_probes(capfire: CaptureLogfire, **settings: Any) -> FastAPI:
         tags.append("added after the event")
         return {}
 
+    async def shadowing() -> dict[str, str]:
+        events.info("probe.shadowing", **{"code.function": "not the caller", "count": 1})
+        return {}
+
     app.add_api_route("/probe/both", both)
+    app.add_api_route("/probe/shadowing", shadowing)
     app.add_api_route("/probe/changing", changing)
     app.add_api_route("/probe/one", one)
     app.add_api_route("/probe/nested", nested)
@@ -177,6 +182,21 @@ def test_a_field_logfire_must_serialise_goes_through_its_handler_once(
     [span] = logs_named(capfire, "probe.nested")
     assert json.loads(str((span.attributes or {})["payload"])) == {"a": [1, 2]}
     assert (span.attributes or {})["code.function"] == "nested"
+
+
+def test_a_field_named_like_logfires_own_log_attributes_goes_through_its_handler(
+    capfire: CaptureLogfire, records: list[str]
+) -> None:
+    # The direct path encodes a log's own attributes once per call site; a field that would
+    # shadow one of them is left to Logfire's handler, which keeps the real call site.
+    app = app_with_probes(capfire, environment="production", logfire_trace_sample_rate=1.0)
+    with TestClient(app) as client, service_handlers_only():
+        client.get("/probe/shadowing")
+
+    assert records.count("probe.shadowing") == 1
+    [span] = logs_named(capfire, "probe.shadowing")
+    assert (span.attributes or {})["code.function"] == "shadowing"
+    assert (span.attributes or {})["count"] == 1
 
 
 class Keep(logging.Handler):
