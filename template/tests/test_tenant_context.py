@@ -115,7 +115,11 @@ def test_tenant_baggage_is_what_set_baggage_makes() -> None:
     for name, value in ids.items():
         expected = baggage.set_baggage(name, value, expected)
 
-    made = with_tenant_baggage(ids.items(), parent)
+    made = with_tenant_baggage(ids, parent)
 
     assert dict(baggage.get_all(made)) == dict(baggage.get_all(expected))
     assert dict(baggage.get_all(parent)) == {"existing": "kept"}
+    # Without baggage in the parent (the usual request), the ids alone, copied.
+    fresh = with_tenant_baggage(ids, context.Context())
+    ids["account_id"] = "changed afterwards"
+    assert dict(baggage.get_all(fresh)) == {**ids, "account_id": "acct-1"}

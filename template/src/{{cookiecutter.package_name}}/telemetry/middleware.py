@@ -97,7 +97,7 @@ class TelemetryMiddleware:
         if sampled and tenant:
             # Logfire copies baggage onto every span and log of a recorded trace; an unsampled
             # one records nothing, so it skips building the baggage.
-            ctx = with_tenant_baggage(tenant.items(), ctx)
+            ctx = with_tenant_baggage(tenant, ctx)
         if through_logfire:
             # The route is only known once the router ran: the span is renamed then. Until
             # that, the message shows the raw path (Logfire's console prints spans at start).

@@ -9,7 +9,7 @@ it never reaches a span, a log or a metric label either.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -86,7 +86,7 @@ BAGGAGE_KEY = _find_baggage_key()
 
 
 def with_tenant_baggage(
-    values: Iterable[tuple[str, str]], parent: context.Context | None = None
+    ids: Mapping[str, str], parent: context.Context | None = None
 ) -> context.Context:
     """A context whose baggage carries the tenant ids.
 
@@ -95,10 +95,13 @@ def with_tenant_baggage(
     """
     ctx = parent if parent is not None else context.get_current()
     if BAGGAGE_KEY is None:
-        for name, value in values:
+        for name, value in ids.items():
             ctx = baggage.set_baggage(name, value, ctx)
         return ctx
-    return context.set_value(BAGGAGE_KEY, {**baggage.get_all(ctx), **dict(values)}, ctx)
+    # Usually there is no baggage yet (the middleware drops incoming `baggage` headers).
+    existing = context.get_value(BAGGAGE_KEY, ctx)
+    merged = {**existing, **ids} if isinstance(existing, dict) and existing else dict(ids)
+    return context.set_value(BAGGAGE_KEY, merged, ctx)
 
 
 def current_tenant() -> Mapping[str, str]:
