@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import SpanContext, Status, TraceState
+    from opentelemetry.trace import SpanContext, TraceState
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,7 +122,6 @@ _TIMES = struct.Struct("<BQBQ")  # start (field 7) and end (field 8) time, both 
 _KINDS = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}  # OTLP's kinds start at 1
 # The status is always sent, as the SDK's encoder does (empty when unset).
 UNSET_STATUS = b"\x7a\x00"
-ERROR_STATUS = b"\x7a\x02\x18" + _varint(StatusCode.ERROR.value)
 # SpanFlags (fixed32): HAS_IS_REMOTE, and IS_REMOTE when the parent came from another process.
 _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", 0x100)
 _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", 0x300)
@@ -137,6 +136,10 @@ def encode_status(status: Status) -> bytes:
     if status.status_code.value:
         encoded += b"\x18" + _varint(status.status_code.value)
     return _field(b"\x7a", encoded)
+
+
+# An error without a description, as the request spans' status says it.
+ERROR_STATUS = encode_status(Status(StatusCode.ERROR))
 
 
 def span_message(
