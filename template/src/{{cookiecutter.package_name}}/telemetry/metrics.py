@@ -129,6 +129,9 @@ class HttpMetrics(ABC):
 _Finished = tuple[str, str, int, float, str | None, str | None, float]
 # Finished requests are counted in batches of this many, and whenever /metrics is scraped.
 _FOLD_EVERY = 256
+# A bucket's latest exemplar: trace id, duration, when the request ended. Made into an `Exemplar`
+# only when scraped: most are replaced by a later request in the same bucket before that.
+_ExemplarFacts = tuple[str, float, float]
 
 
 class InMemoryHttpMetrics(HttpMetrics):
@@ -144,7 +147,7 @@ class InMemoryHttpMetrics(HttpMetrics):
     def __init__(self, registry: CollectorRegistry, *, max_accounts: int) -> None:
         super().__init__(registry, max_accounts=max_accounts)
         self._durations: dict[tuple[str, str, str], list[float]] = {}
-        self._exemplars: dict[tuple[str, str, str], list[Exemplar | None]] = {}
+        self._exemplars: dict[tuple[str, str, str], list[_ExemplarFacts | None]] = {}
         self._active: dict[str, int] = {}
         self._tenant_requests: dict[tuple[str, str], int] = {}
         # Appended by the event loop, emptied by whoever folds (a scrape may run in another
@@ -187,7 +190,7 @@ class InMemoryHttpMetrics(HttpMetrics):
             values[bucket] += 1
             values[-1] += duration
             if trace_id is not None:
-                self._exemplars[key][bucket] = Exemplar({"trace_id": trace_id}, duration, ended)
+                self._exemplars[key][bucket] = (trace_id, duration, ended)
             tenant_key = self._tenant_labels(account_id, status)
             self._tenant_requests[tenant_key] = self._tenant_requests.get(tenant_key, 0) + 1
 
@@ -219,7 +222,10 @@ class InMemoryHttpMetrics(HttpMetrics):
                 if exemplar is None:
                     buckets.append((name, cumulative))
                 else:
-                    buckets.append((name, cumulative, exemplar))
+                    trace_id, value, ended = exemplar
+                    buckets.append(
+                        (name, cumulative, Exemplar({"trace_id": trace_id}, value, ended))
+                    )
             duration.add_metric(key, buckets, sum_value=values[-1])
         for method, count in list(self._active.items()):
             active.add_metric((method,), count)
