@@ -14,6 +14,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from {{ cookiecutter.package_name }}.telemetry.otlp import (
+    MAX_EXPORT_BATCH,
     OtlpSpanExporter,
     encode_resource,
     encode_span,
@@ -177,6 +178,30 @@ def test_a_span_that_fails_to_encode_is_dropped_and_the_rest_are_sent(
 
     assert [s.name for s in receiver.spans()] == ["GET /items/{item_id}"]
     assert exporter.dropped == 1
+
+
+def test_full_batches_are_sent_at_once_and_the_rest_waits_for_the_interval(
+    receiver: OtlpReceiver,
+) -> None:
+    server = request_spans()[1]
+    scope = server.instrumentation_scope
+    assert scope is not None
+    exporter = OtlpSpanExporter(receiver.url + "/v1/traces", RESOURCE, interval=60)
+    try:
+        for _ in range(2 * MAX_EXPORT_BATCH + 3):
+            exporter.on_end_later(scope, encode_span, server)
+        deadline = time.monotonic() + 10
+        while len(receiver.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # anything sent beyond the two full batches would have arrived by now
+        sent = [
+            len(request.resource_spans[0].scope_spans[0].spans) for *_, request in receiver.requests
+        ]
+    finally:
+        exporter.shutdown()
+
+    assert sent == [MAX_EXPORT_BATCH, MAX_EXPORT_BATCH]
+    assert len(receiver.spans()) == 2 * MAX_EXPORT_BATCH + 3  # the rest: sent by shutdown
 
 
 def test_an_unreachable_collector_costs_a_bounded_wait_and_raises_nothing() -> None:

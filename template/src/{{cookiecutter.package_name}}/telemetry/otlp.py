@@ -379,7 +379,9 @@ class OtlpSpanExporter(SpanProcessor):
             self.dropped += 1
             return
         self._queue.append(item)
-        if len(self._queue) >= MAX_EXPORT_BATCH:
+        # Once per batch: setting an Event takes its lock and notifies, and until the thread
+        # gets the GIL to take the batch, every span after the one that filled it would do so.
+        if len(self._queue) >= MAX_EXPORT_BATCH and not self._wake.is_set():
             self._wake.set()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
