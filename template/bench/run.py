@@ -22,6 +22,15 @@ with tenant headers. Modes:
                 middleware, same Logfire/logging setup as production.
 - logfire-fastapi for comparison: `logfire.instrument_fastapi` instead of the middleware (needs
                 `logfire[fastapi]`; skipped when it is not installed).
+- otel-fastapi  for comparison: OpenTelemetry's `FastAPIInstrumentor` instead of the middleware,
+                same Logfire/logging setup as production (comes with `logfire[fastapi]`).
+- prometheus-instrumentator  for comparison: `bare` plus prometheus-fastapi-instrumentator's
+                default RED metrics, and nothing else: no traces, no logs (needs
+                `prometheus-fastapi-instrumentator`).
+
+Every comparison mode at once:
+
+    uv run --with 'logfire[fastapi]' --with prometheus-fastapi-instrumentator python bench/run.py
 
 Runs are interleaved (A B C, C B A, A B C ...) so that machine drift hits every mode alike; the
 table shows medians and, per round, the ratio to the bare run of the same round (median). It also
@@ -75,8 +84,29 @@ ALL_MODES = (
     "bare-jsonlines",
     "fastapi-native",
     "logfire-fastapi",
+    "otel-fastapi",
+    "prometheus-instrumentator",
 )
-DEFAULT_MODES = ("bare", "production", "traced", "fastapi-native", "logfire-fastapi")
+DEFAULT_MODES = (
+    "bare",
+    "production",
+    "traced",
+    "fastapi-native",
+    "logfire-fastapi",
+    "otel-fastapi",
+    "prometheus-instrumentator",
+)
+# Modes without the service's telemetry setup (no Logfire): the app is built here, bare.
+WITHOUT_TELEMETRY = ("bare", "bare-jsonlines", "prometheus-instrumentator")
+# Comparison modes that need a package the service does not depend on: (module, package).
+NEEDS = {
+    "logfire-fastapi": ("opentelemetry.instrumentation.fastapi", "logfire[fastapi]"),
+    "otel-fastapi": ("opentelemetry.instrumentation.fastapi", "logfire[fastapi]"),
+    "prometheus-instrumentator": (
+        "prometheus_fastapi_instrumentator",
+        "prometheus-fastapi-instrumentator",
+    ),
+}
 
 
 def say(text: str = "") -> None:
@@ -102,12 +132,12 @@ def bench_app(mode: str) -> Any:
         gc.freeze()  # as the service's lifespan does
         app.state.ready = True
         yield
-        if mode not in ("bare", "bare-jsonlines"):
+        if mode not in WITHOUT_TELEMETRY:
             import logfire
 
             logfire.force_flush(timeout_millis=5000)
 
-    if mode in ("bare", "bare-jsonlines"):
+    if mode in WITHOUT_TELEMETRY:
         app = FastAPI(
             lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
         )
@@ -129,8 +159,13 @@ def bench_app(mode: str) -> Any:
 
         configure_telemetry(Settings())
         # fastapi-native: FastAPI's built-in telemetry turns itself on once Logfire has installed
-        # the global providers. logfire-fastapi switches it off itself.
-        app = FastAPI(lifespan=lifespan)
+        # the global providers. logfire-fastapi switches it off itself; otel-fastapi must.
+        if mode == "otel-fastapi":
+            app = FastAPI(
+                lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
+            )
+        else:
+            app = FastAPI(lifespan=lifespan)
     app.state.ready = False
     app.include_router(health.router)
     app.include_router(items.router)
@@ -138,6 +173,17 @@ def bench_app(mode: str) -> Any:
         import logfire
 
         logfire.instrument_fastapi(app, excluded_urls="/healthz,/readyz,/metrics")
+    # Packages the service does not depend on (NEEDS), hence imported by name.
+    if mode == "otel-fastapi":
+        otel_fastapi = importlib.import_module("opentelemetry.instrumentation.fastapi")
+        otel_fastapi.FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="/healthz,/readyz,/metrics"
+        )
+    if mode == "prometheus-instrumentator":
+        instrumentator = importlib.import_module("prometheus_fastapi_instrumentator")
+        instrumentator.Instrumentator(
+            excluded_handlers=["/healthz", "/readyz", "/metrics"]
+        ).instrument(app)
     return app
 
 
@@ -155,11 +201,10 @@ def serve(mode: str) -> None:
 
 def mode_available(mode: str) -> str | None:
     """None if the mode can run here, else why not."""
-    if (
-        mode == "logfire-fastapi"
-        and importlib.util.find_spec("opentelemetry.instrumentation.fastapi") is None
-    ):
-        return "needs logfire[fastapi]: uv run --with 'logfire[fastapi]' python bench/run.py"
+    if mode in NEEDS:
+        module, package = NEEDS[mode]
+        if importlib.util.find_spec(module) is None:
+            return f"needs {package}: uv run --with '{package}' python bench/run.py"
     return None
 
 

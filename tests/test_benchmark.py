@@ -1,0 +1,125 @@
+"""The generated service's benchmark (bench/run.py) runs every mode and reports what it measured.
+
+Not a performance test: one short round with the built-in load generator proves that each mode
+boots, serves the example route without errors and exports and logs what it should, so the
+script a user runs to check the overhead cannot rot unnoticed. The overhead figures themselves
+come from wrk on a quiet machine (benchmarks/telemetry-overhead.md), never from a test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.project_env import ProjectEnv
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("env-copier-default")]
+
+SERVICE_MODES = ("production", "traced", "production-quiet")
+COMPARISONS = (
+    "bare-jsonlines",
+    "fastapi-native",
+    "logfire-fastapi",
+    "otel-fastapi",
+    "prometheus-instrumentator",
+)
+MODES = ("bare", *SERVICE_MODES, *COMPARISONS)
+
+
+@pytest.fixture(scope="module")
+def report(
+    project_env: Callable[[str, str], ProjectEnv], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    project = project_env("copier", "default")
+    output = tmp_path_factory.mktemp("bench") / "results.json"
+    # The packages of the comparison modes, as the generated README says to add them.
+    project.run(
+        "uv",
+        "run",
+        "--python",
+        project.python,
+        "--with",
+        "logfire[fastapi]",
+        "--with",
+        "prometheus-fastapi-instrumentator",
+        "python",
+        "bench/run.py",
+        "--rounds",
+        "1",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--loadgen",
+        "python",
+        "--modes",
+        ",".join(MODES),
+        "--output",
+        str(output),
+        timeout=600,
+    )
+    result: dict[str, Any] = json.loads(Path(output).read_text())
+    return result
+
+
+def test_every_mode_ran_and_served_the_route_without_errors(report: dict[str, Any]) -> None:
+    summary = report["summary"]
+    assert list(summary) == list(MODES), "a mode was skipped or left out of the report"
+    for mode, row in summary.items():
+        assert row["errors"] == 0, mode
+        assert row["rps"] > 0, mode
+        assert row["cpu_us_per_request"] > 0, mode
+        assert 0 < row["startup_s"] < 30, mode
+        assert row["rps_ratio"] > 0, mode
+    assert report["loadgen"] == "python"
+    assert {run["mode"] for run in report["runs"]} == set(MODES)
+
+
+def served(run: dict[str, Any]) -> int:
+    """Requests the run's process served: the warm-up and the measured load."""
+    return int(run["load"]["requests"] + run["extra"]["warmup_requests"])
+
+
+def runs_of(report: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    runs = [run for run in report["runs"] if run["mode"] == mode]
+    assert runs, mode
+    return runs
+
+
+# Spans and lines a process adds outside requests (startup and shutdown logs).
+OUTSIDE_REQUESTS = 10
+
+
+def test_the_service_exports_two_spans_per_traced_request_and_a_tenth_of_that_in_production(
+    report: dict[str, Any],
+) -> None:
+    # Each traced request: its SERVER span and the example's `item.fetched` log, all delivered
+    # (the exporter flushes on SIGTERM).
+    for run in runs_of(report, "traced"):
+        assert 0 <= run["spans_exported"] - 2 * served(run) <= OUTSIDE_REQUESTS
+    # Production keeps one trace in ten: within five standard deviations of it. Without the
+    # event (production-quiet) only the SERVER span is left of a sampled request.
+    for mode, spans_per_trace in (("production", 2), ("production-quiet", 1)):
+        for run in runs_of(report, mode):
+            requests = served(run)
+            assert requests >= 100, f"{mode}: too few requests to check the sampling rate"
+            spread = 5 * (requests * 0.1 * 0.9) ** 0.5
+            traces = run["spans_exported"] / spans_per_trace
+            assert abs(traces - 0.1 * requests) <= spread + OUTSIDE_REQUESTS, mode
+    for mode in ("bare-jsonlines", "prometheus-instrumentator"):
+        assert all(run["spans_exported"] == 0 for run in runs_of(report, mode)), mode
+    assert all(run["spans_exported"] is None for run in runs_of(report, "bare"))
+
+
+def test_one_json_line_per_request_on_stdout_unless_the_event_is_below_log_level(
+    report: dict[str, Any],
+) -> None:
+    # The example's event, sampled or not, then the few lines of startup and shutdown.
+    for mode in ("production", "traced", "bare-jsonlines"):
+        for run in runs_of(report, mode):
+            assert 0 <= run["stdout_lines"] - served(run) <= OUTSIDE_REQUESTS, mode
+    for run in runs_of(report, "production-quiet"):
+        assert run["stdout_lines"] <= OUTSIDE_REQUESTS
