@@ -64,13 +64,21 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeo
     raise RuntimeError(f"nothing listens on {port} after {timeout} s:\n{log.read_text()[-4000:]}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
+@contextmanager
+def _serving(command: list[str], port: int, log: Path) -> Iterator[None]:
+    """Runs `command` (its output in `log`) for the block, which starts once it listens on `port`."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        _wait_for_port(port, process, log)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
@@ -80,57 +88,31 @@ def running_postgres() -> Iterator[str]:
     if bin_dir is None:
         raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
     with tempfile.TemporaryDirectory(prefix="postgres-") as directory:
-        yield from _postgres(bin_dir, Path(directory))
-
-
-def _postgres(bin_dir: Path, home: Path) -> Iterator[str]:
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(home, POSTGRES_USER)
-        as_user = ["runuser", "-u", POSTGRES_USER, "--"]
-    data = home / "data"
-    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "service", "--auth=trust", "-E", "UTF8"]
-    subprocess.run(
-        [*as_user, *initdb, "--no-sync", "--no-instructions"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    port = free_port()
-    log = home / "server.log"
-    server = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(home)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*as_user, *server, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
+        home = Path(directory)
+        as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(home, POSTGRES_USER)
+            as_user = ["runuser", "-u", POSTGRES_USER, "--"]
+        data = home / "data"
+        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "service", "--auth=trust", "-E", "UTF8"]
+        subprocess.run(
+            [*as_user, *initdb, "--no-sync", "--no-instructions"],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
-    try:
-        _wait_for_port(port, process, log)
-        yield f"postgresql://service@127.0.0.1:{port}/postgres"
-    finally:
-        _stop(process)
+        port = free_port()
+        server = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(home)]
+        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        with _serving([*as_user, *server, *settings], port, home / "server.log"):
+            yield f"postgresql://service@127.0.0.1:{port}/postgres"
 
 
 @contextmanager
 def running_redis() -> Iterator[str]:
     """A Redis server that saves nothing; yields its URL."""
     with tempfile.TemporaryDirectory(prefix="redis-") as directory:
-        yield from _redis(Path(directory))
-
-
-def _redis(home: Path) -> Iterator[str]:
-    port = free_port()
-    log = home / "server.log"
-    server = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*server, "--save", "", "--appendonly", "no"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for_port(port, process, log)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        _stop(process)
+        port = free_port()
+        server = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory]
+        with _serving([*server, "--save", "", "--appendonly", "no"], port, Path(directory) / "server.log"):
+            yield f"redis://127.0.0.1:{port}/0"
