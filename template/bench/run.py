@@ -137,35 +137,31 @@ def bench_app(mode: str) -> Any:
 
             logfire.force_flush(timeout_millis=5000)
 
-    if mode in WITHOUT_TELEMETRY:
-        app = FastAPI(
-            lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
+    if mode == "bare-jsonlines":
+        import logging
+
+        from {{ cookiecutter.package_name }}.telemetry.logs import (
+            JsonFormatter,
+            JsonLinesHandler,
         )
-        if mode == "bare-jsonlines":
-            import logging
 
-            from {{ cookiecutter.package_name }}.telemetry.logs import (
-                JsonFormatter,
-                JsonLinesHandler,
-            )
-
-            to_stdout = JsonLinesHandler(sys.stdout)
-            to_stdout.setFormatter(JsonFormatter())
-            logging.getLogger().addHandler(to_stdout)
-            logging.getLogger().setLevel(logging.INFO)
-    else:
+        to_stdout = JsonLinesHandler(sys.stdout)
+        to_stdout.setFormatter(JsonFormatter())
+        logging.getLogger().addHandler(to_stdout)
+        logging.getLogger().setLevel(logging.INFO)
+    elif mode not in WITHOUT_TELEMETRY:
         from {{ cookiecutter.package_name }}.settings import Settings
         from {{ cookiecutter.package_name }}.telemetry import configure_telemetry
 
         configure_telemetry(Settings())
-        # fastapi-native: FastAPI's built-in telemetry turns itself on once Logfire has installed
-        # the global providers. logfire-fastapi switches it off itself; otel-fastapi must.
-        if mode == "otel-fastapi":
-            app = FastAPI(
-                lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
-            )
-        else:
-            app = FastAPI(lifespan=lifespan)
+    # FastAPI's built-in telemetry turns itself on once Logfire has installed the global
+    # providers: fastapi-native measures it and logfire-fastapi switches it off itself.
+    if mode in ("fastapi-native", "logfire-fastapi"):
+        app = FastAPI(lifespan=lifespan)
+    else:
+        app = FastAPI(
+            lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False}
+        )
     app.state.ready = False
     app.include_router(health.router)
     app.include_router(items.router)
