@@ -18,7 +18,13 @@ from helpers.project_env import ProjectEnv
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("env-copier-default")]
 
-SERVICE_MODES = ("production", "traced", "production-quiet")
+SERVICE_MODES = (
+    "production",
+    "traced",
+    "production-quiet",
+    "production-logfire-path",
+    "traced-logfire-path",
+)
 COMPARISONS = (
     "bare-jsonlines",
     "fastapi-native",
@@ -97,12 +103,17 @@ def test_the_service_exports_two_spans_per_traced_request_and_a_tenth_of_that_in
     report: dict[str, Any],
 ) -> None:
     # Each traced request: its SERVER span and the example's `item.fetched` log, all delivered
-    # (the exporter flushes on SIGTERM).
-    for run in runs_of(report, "traced"):
-        assert 0 <= run["spans_exported"] - 2 * served(run) <= OUTSIDE_REQUESTS
+    # (the exporters flush on SIGTERM), on the direct path and on Logfire's alike.
+    for mode in ("traced", "traced-logfire-path"):
+        for run in runs_of(report, mode):
+            assert 0 <= run["spans_exported"] - 2 * served(run) <= OUTSIDE_REQUESTS, mode
     # Production keeps one trace in ten: within five standard deviations of it. Without the
     # event (production-quiet) only the SERVER span is left of a sampled request.
-    for mode, spans_per_trace in (("production", 2), ("production-quiet", 1)):
+    for mode, spans_per_trace in (
+        ("production", 2),
+        ("production-logfire-path", 2),
+        ("production-quiet", 1),
+    ):
         for run in runs_of(report, mode):
             requests = served(run)
             assert requests >= 100, f"{mode}: too few requests to check the sampling rate"
@@ -118,7 +129,7 @@ def test_one_json_line_per_request_on_stdout_unless_the_event_is_below_log_level
     report: dict[str, Any],
 ) -> None:
     # The example's event, sampled or not, then the few lines of startup and shutdown.
-    for mode in ("production", "traced", "bare-jsonlines"):
+    for mode in {*SERVICE_MODES, "bare-jsonlines"} - {"production-quiet"}:
         for run in runs_of(report, mode):
             assert 0 <= run["stdout_lines"] - served(run) <= OUTSIDE_REQUESTS, mode
     for run in runs_of(report, "production-quiet"):

@@ -18,6 +18,9 @@ with tenant headers. Modes:
                 `item.fetched` record is neither written nor sent: shows what the log line costs.
 - bare-jsonlines  diagnostic: `bare` plus the production JSON-lines stdout handler and nothing
                 else (no Logfire, no middleware): the floor that one JSON line per request sets.
+- production-logfire-path, traced-logfire-path  production and traced with REQUEST_SPANS=logfire:
+                a traced request's spans go through Logfire's tracer and processors, as they do
+                by default with LOGFIRE_TOKEN set (here still exported to the local sink).
 - fastapi-native  for comparison: FastAPI's built-in OpenTelemetry instead of the service's
                 middleware, same Logfire/logging setup as production.
 - logfire-fastapi for comparison: `logfire.instrument_fastapi` instead of the middleware (needs
@@ -82,11 +85,21 @@ ALL_MODES = (
     "traced",
     "production-quiet",
     "bare-jsonlines",
+    "production-logfire-path",
+    "traced-logfire-path",
     "fastapi-native",
     "logfire-fastapi",
     "otel-fastapi",
     "prometheus-instrumentator",
 )
+# The service's own entry point, with these settings on top of ENVIRONMENT=production.
+SERVICE_MODES: dict[str, dict[str, str]] = {
+    "production": {},
+    "traced": {"LOGFIRE_TRACE_SAMPLE_RATE": "1.0"},
+    "production-quiet": {"LOG_LEVEL": "warning"},
+    "production-logfire-path": {"REQUEST_SPANS": "logfire"},
+    "traced-logfire-path": {"REQUEST_SPANS": "logfire", "LOGFIRE_TRACE_SAMPLE_RATE": "1.0"},
+}
 DEFAULT_MODES = (
     "bare",
     "production",
@@ -420,11 +433,8 @@ def mode_command(mode: str, sink: Sink, port: int) -> tuple[list[str], dict[str,
         ENVIRONMENT="production",
         OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
     )
-    if mode == "traced":
-        env["LOGFIRE_TRACE_SAMPLE_RATE"] = "1.0"
-    if mode == "production-quiet":
-        env["LOG_LEVEL"] = "warning"
-    if mode in ("production", "traced", "production-quiet"):
+    if mode in SERVICE_MODES:
+        env.update(SERVICE_MODES[mode])
         return [sys.executable, "-m", PACKAGE], env
     return [sys.executable, str(Path(__file__).resolve()), "--serve", mode], env
 
