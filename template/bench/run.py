@@ -139,6 +139,7 @@ def bench_app(mode: str) -> Any:
     from fastapi import FastAPI
 
     from {{ cookiecutter.package_name }}.api import health, items
+    from {{ cookiecutter.package_name }}.app import UNTRACED_PATHS
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -178,21 +179,18 @@ def bench_app(mode: str) -> Any:
     app.state.ready = False
     app.include_router(health.router)
     app.include_router(items.router)
+    # The comparison instrumentations leave out probes and scrapes, as the service does.
     if mode == "logfire-fastapi":
         import logfire
 
-        logfire.instrument_fastapi(app, excluded_urls="/healthz,/readyz,/metrics")
+        logfire.instrument_fastapi(app, excluded_urls=",".join(UNTRACED_PATHS))
     # Packages the service does not depend on (NEEDS), hence imported by name.
     if mode == "otel-fastapi":
         otel_fastapi = importlib.import_module("opentelemetry.instrumentation.fastapi")
-        otel_fastapi.FastAPIInstrumentor.instrument_app(
-            app, excluded_urls="/healthz,/readyz,/metrics"
-        )
+        otel_fastapi.FastAPIInstrumentor.instrument_app(app, excluded_urls=",".join(UNTRACED_PATHS))
     if mode == "prometheus-instrumentator":
         instrumentator = importlib.import_module("prometheus_fastapi_instrumentator")
-        instrumentator.Instrumentator(
-            excluded_handlers=["/healthz", "/readyz", "/metrics"]
-        ).instrument(app)
+        instrumentator.Instrumentator(excluded_handlers=list(UNTRACED_PATHS)).instrument(app)
     return app
 
 
