@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,7 +66,7 @@ def report(
         str(output),
         timeout=600,
     )
-    result: dict[str, Any] = json.loads(Path(output).read_text())
+    result: dict[str, Any] = json.loads(output.read_text())
     return result
 
 

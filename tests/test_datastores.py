@@ -68,7 +68,6 @@ def spans(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[list[Span]]
     absent = datastores.missing()
     assert not absent, f"install {', '.join(absent)} (.ci/run does)"
     project = project_env("copier", "all_features")
-    package = next(path.parent.name for path in (project.root / "src").glob("*/__init__.py"))
     with (
         datastores.running_postgres() as dsn,
         datastores.running_redis() as redis_url,
@@ -83,7 +82,7 @@ def spans(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[list[Span]]
             SECRET=SECRET,
             ACCOUNT=ACCOUNT,
         )
-        project.run(str(project.venv_bin / "python"), "-c", SCRIPT.format(package=package), env=env)
+        project.run(str(project.venv_bin / "python"), "-c", SCRIPT.format(package=project.package), env=env)
         yield receiver.wait_for(
             lambda got: {"postgresql", "redis"} <= {s.attributes.get("db.system") for s in got},
             timeout=10,

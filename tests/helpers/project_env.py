@@ -104,6 +104,12 @@ class ProjectEnv:
         return self.root / ".venv" / "bin"
 
     @property
+    def package(self) -> str:
+        """The service's import package, the one folder under src/ (either engine)."""
+        (init,) = (self.root / "src").glob("*/__init__.py")
+        return init.parent.name
+
+    @property
     def console_script(self) -> Path:
         """The service's console script (`[project.scripts]` has exactly one entry)."""
         scripts = tomllib.loads((self.root / "pyproject.toml").read_text())["project"]["scripts"]
