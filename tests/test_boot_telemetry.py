@@ -186,6 +186,8 @@ def test_server_span_names_attributes_and_status(run: BootRun) -> None:
         assert span.attributes["http.request.method"] == "GET"
         assert span.attributes["http.response.status_code"] == status
         assert span.attributes["url.scheme"] == "http"
+        assert span.attributes["network.protocol.version"] == "1.1"
+        assert "error.type" not in span.attributes, "no request of the plan fails the server"
         assert span.status_code != "ERROR"
         for name in TENANT_HEADERS:
             assert span.attributes.get(name) == ids.get(name), (path, name)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry import baggage, context
@@ -72,6 +72,9 @@ def app_for(
         logger.info("probe.secrets", extra={"password": "hunter2", "note": "my token is abc123"})
         return {}
 
+    async def unavailable() -> dict[str, str]:
+        raise HTTPException(503, detail="try later")
+
     async def failing() -> dict[str, str]:
         try:
             raise KeyError("missing")
@@ -82,6 +85,7 @@ def app_for(
     app.add_api_route("/probe/formatted", formatted)
     app.add_api_route("/probe/error-level", error_level)
     app.add_api_route("/probe/secrets", secrets)
+    app.add_api_route("/probe/unavailable", unavailable)
     app.add_api_route("/probe/failing", failing)
     return app
 
@@ -117,6 +121,7 @@ def request_shapes(
         "/no/such/path",
         "/probe/formatted",
         "/probe/error-level",
+        "/probe/unavailable",
         "/probe/failing",
     ],
 )
@@ -283,11 +288,11 @@ def test_spans_encoded_in_the_exporters_thread_are_the_spans_built_at_once(
         trace_state=TraceState([("vendor", "v1")]),
     )
     server = SpanContext(caller.trace_id, 0x1111, False, caller.trace_flags, caller.trace_state)
-    requests: list[tuple[SpanContext, int, str | None, str, dict[str, str]]] = [
-        (caller, 200, "/items/{item_id}", "/items/2", TENANT_ATTRIBUTES),
-        (INVALID_SPAN_CONTEXT, 404, "/items/{item_id}", "/items/999", {}),
-        (caller, 503, "/items/{item_id}", "/items/1", {"account_id": "acct-1"}),
-        (caller, 404, None, "/reset/password-token/abc", {}),
+    requests: list[tuple[SpanContext, int, str | None, str, str, dict[str, str]]] = [
+        (caller, 200, "/items/{item_id}", "/items/2", "1.1", TENANT_ATTRIBUTES),
+        (INVALID_SPAN_CONTEXT, 404, "/items/{item_id}", "/items/999", "2", {}),
+        (caller, 503, "/items/{item_id}", "/items/1", "1.1", {"account_id": "acct-1"}),
+        (caller, 404, None, "/reset/password-token/abc", "1.1", {}),
     ]
     logs: list[tuple[int, dict[str, str | int | float | bool]]] = [
         (logging.INFO, {"item_id": 2, "note": "my token is abc123", "ratio": 0.5, "retry": False}),
@@ -299,7 +304,7 @@ def test_spans_encoded_in_the_exporters_thread_are_the_spans_built_at_once(
     for key, value in {**TENANT_ATTRIBUTES, "region": "eu"}.items():
         in_baggage = baggage.set_baggage(key, value, in_baggage)
     for request_spans in (encoded_later, built_at_once):
-        for parent, status, route, path, tenant in requests:
+        for parent, status, route, path, http_version, tenant in requests:
             request_spans.end_server_span(
                 server if parent.is_valid else SpanContext(7, 8, False, caller.trace_flags),
                 parent,
@@ -308,6 +313,7 @@ def test_spans_encoded_in_the_exporters_thread_are_the_spans_built_at_once(
                 status=status,
                 path=path,
                 scheme="https",
+                http_version=http_version,
                 tenant=tenant,
                 start=1_700_000_000_000_000_000,
                 end=1_700_000_000_003_000_000,

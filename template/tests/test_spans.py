@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, status
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry.trace import StatusCode
@@ -32,6 +32,8 @@ def test_one_server_span_named_by_route_template(
     assert attributes["http.response.status_code"] == 200
     assert attributes["url.path"] == "/items/1"
     assert attributes["url.scheme"] == "http"
+    assert attributes["network.protocol.version"] == "1.1"
+    assert "error.type" not in attributes
     assert span.status.status_code is StatusCode.UNSET
 
 
@@ -51,6 +53,9 @@ def test_not_found_keeps_the_route(client: TestClient, capfire: CaptureLogfire) 
     [span] = server_spans(capfire)
     assert span.name == "GET /items/{item_id}"
     assert (span.attributes or {})["http.response.status_code"] == 404
+    # A client error is not the server failing: no error.type, no error status.
+    assert "error.type" not in (span.attributes or {})
+    assert span.status.status_code is StatusCode.UNSET
 
 
 def test_unmatched_path_is_named_by_method_only(
@@ -103,6 +108,23 @@ def test_server_error_marks_the_span(app: FastAPI, capfire: CaptureLogfire) -> N
 
     [span] = [s for s in server_spans(capfire) if s.name == "GET /boom"]
     assert (span.attributes or {})["http.response.status_code"] == 500
+    # The semantic conventions' error.type: the class of the exception that escaped.
+    assert (span.attributes or {})["error.type"] == "RuntimeError"
+    assert span.status.status_code is StatusCode.ERROR
+
+
+def test_a_server_error_response_is_typed_by_its_status(
+    app: FastAPI, capfire: CaptureLogfire
+) -> None:
+    def unavailable() -> None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="try later")
+
+    app.add_api_route("/unavailable", unavailable)
+    with TestClient(app) as client:
+        assert client.get("/unavailable").status_code == 503
+
+    [span] = [s for s in server_spans(capfire) if s.name == "GET /unavailable"]
+    assert (span.attributes or {})["error.type"] == "503"
     assert span.status.status_code is StatusCode.ERROR
 
 

@@ -21,6 +21,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
 
 from .metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE, HttpMetrics
 from .sampling import decide, mark_sampled, request_span
+from .spans import error_type
 from .tenant import TenantHeaders, reset_request_tenant, set_request_tenant, with_tenant_baggage
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ class TelemetryMiddleware:
                     status=status,
                     path=scope["path"],
                     scheme=scope["scheme"],
+                    http_version=scope["http_version"],
                     tenant=tenant,
                     start=start_ns,
                     end=start_ns + int(duration * 1e9),
@@ -161,11 +163,14 @@ class TelemetryMiddleware:
                         "http.response.status_code": status,
                         "url.path": scope["path"],
                         "url.scheme": scope["scheme"],
+                        "network.protocol.version": scope["http_version"],
                     }
                 )
                 if route:
                     span.set_attribute("http.route", route)
-                if status >= 500:
+                failed_as = error_type(status, error)
+                if failed_as is not None:
+                    span.set_attribute("error.type", failed_as)
                     span.set_status(StatusCode.ERROR)
                 exemplar_trace_id = format(span.get_span_context().trace_id, "032x")
             self.metrics.request_finished(

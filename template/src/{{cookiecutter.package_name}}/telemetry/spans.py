@@ -98,6 +98,7 @@ class ServerSpanFacts(NamedTuple):
     status: int
     path: str
     scheme: str
+    http_version: str
     tenant: Mapping[str, str]
     start: int
     end: int
@@ -158,6 +159,7 @@ class RequestSpans:
         status: int,
         path: str,
         scheme: str,
+        http_version: str,
         tenant: Mapping[str, str],
         start: int,
         end: int,
@@ -165,7 +167,18 @@ class RequestSpans:
     ) -> None:
         """The finished SERVER span: what the middleware and Logfire's processors would export."""
         facts = ServerSpanFacts(
-            span_context, parent, method, route, status, path, scheme, tenant, start, end, error
+            span_context,
+            parent,
+            method,
+            route,
+            status,
+            path,
+            scheme,
+            http_version,
+            tenant,
+            start,
+            end,
+            error,
         )
         # An exception's traceback grows as it propagates: a span with one is built now.
         self._hand_over(
@@ -179,9 +192,11 @@ class RequestSpans:
     def _server_span(self, facts: ServerSpanFacts) -> ReadableSpan:
         method, route, status, error = facts.method, facts.route, facts.status, facts.error
         shown_path = redact_text(facts.path)
-        failed = status >= 500 or error is not None
+        failed_as = error_type(status, error)
         attributes = {
-            **_server_attributes(method, route, status, facts.scheme, failed=failed),
+            **_server_attributes(
+                method, route, status, facts.scheme, facts.http_version, failed_as
+            ),
             # Logfire shows a server span as `METHOD path`; its name keeps the route template.
             "logfire.msg": f"{method} {shown_path}",
             "url.path": shown_path,
@@ -200,7 +215,7 @@ class RequestSpans:
             attributes=attributes,
             events=events,
             kind=SpanKind.SERVER,
-            status=_ERROR if failed else _OK,
+            status=_OK if failed_as is None else _ERROR,
             start_time=facts.start,
             end_time=facts.end,
             instrumentation_scope=self._server_scope,
@@ -210,14 +225,15 @@ class RequestSpans:
         """`encode_span(self._server_span(facts))`, with the attributes that repeat encoded once."""
         if facts.error is not None:  # not handed over like this (end_server_span), but still right
             return encode_span(self._server_span(facts))
-        method, route, status, scheme = facts.method, facts.route, facts.status, facts.scheme
-        failed = status >= 500
-        key = (method, route, status, scheme)
+        method, route, status = facts.method, facts.route, facts.status
+        failed_as = error_type(status, None)
+        key = (method, route, status, facts.scheme, facts.http_version)
         repeated = self._encoded.get(key)
         if repeated is None:
-            repeated = encode_attributes(
-                _server_attributes(method, route, status, scheme, failed=failed).items()
+            attributes = _server_attributes(
+                method, route, status, facts.scheme, facts.http_version, failed_as
             )
+            repeated = encode_attributes(attributes.items())
             self._remember(key, repeated)
         shown_path = redact_text(facts.path)
         varying = (("logfire.msg", f"{method} {shown_path}"), ("url.path", shown_path))
@@ -232,7 +248,7 @@ class RequestSpans:
             facts.start,
             facts.end,
             repeated + encode_attributes((*varying, *facts.tenant.items())),
-            status=ERROR_STATUS if failed else UNSET_STATUS,
+            status=UNSET_STATUS if failed_as is None else ERROR_STATUS,
         )
 
     def log(self, record: logging.LogRecord, parent: SpanContext) -> bool:
@@ -435,8 +451,24 @@ class RequestSpans:
         return schema
 
 
+def error_type(status: int, error: BaseException | None) -> str | None:
+    """The semantic conventions' `error.type` of a request: None if it did not fail.
+
+    The exception's class when one escaped (as OpenTelemetry's instrumentations name it), else a
+    server error's status code. A client error (4xx) is not a failure of the server.
+    """
+    if error is not None:
+        return type(error).__qualname__
+    return str(status) if status >= 500 else None
+
+
 def _server_attributes(
-    method: str, route: str | None, status: int, scheme: str, *, failed: bool
+    method: str,
+    route: str | None,
+    status: int,
+    scheme: str,
+    http_version: str,
+    failed_as: str | None,
 ) -> dict[str, str | int]:
     """The attributes of a SERVER span that repeat from request to request."""
     attributes: dict[str, str | int] = {
@@ -444,11 +476,13 @@ def _server_attributes(
         "http.request.method": method,
         "http.response.status_code": status,
         "url.scheme": scheme,
+        "network.protocol.version": http_version,
     }
     if route:
         attributes["http.route"] = route
     # Logfire's levels for server spans: error with the status, warning for client errors.
-    if failed:
+    if failed_as is not None:
+        attributes["error.type"] = failed_as
         attributes["logfire.level_num"] = LOGFIRE_LEVEL_NUMBERS[logging.ERROR]
     elif status >= 400:
         attributes["logfire.level_num"] = LOGFIRE_LEVEL_NUMBERS[logging.WARNING]
