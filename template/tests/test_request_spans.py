@@ -104,11 +104,11 @@ def shape(span: ReadableSpan) -> dict[str, Any]:
 
 
 def request_shapes(
-    capfire: CaptureLogfire, path: RequestSpanPath, url: str
+    capfire: CaptureLogfire, path: RequestSpanPath, url: str, method: str = "GET"
 ) -> list[dict[str, Any]]:
     capfire.exporter.clear()
     with TestClient(app_for(capfire, path), raise_server_exceptions=False) as client:
-        client.get(url, headers=TENANT_HEADERS)
+        client.request(method, url, headers=TENANT_HEADERS)
     spans = [s for s in finished_spans(capfire) if s.parent is not None or s.kind.name == "SERVER"]
     return sorted((shape(span) for span in spans), key=lambda s: str(s["name"]))
 
@@ -131,6 +131,18 @@ def test_both_paths_export_the_same_spans(capfire: CaptureLogfire, url: str) -> 
 
     assert direct == through_logfire
     assert direct  # a request always has its SERVER span
+
+
+def test_both_paths_keep_a_method_the_conventions_do_not_know(capfire: CaptureLogfire) -> None:
+    direct = request_shapes(capfire, "direct", "/items/2", method="BREW")
+    through_logfire = request_shapes(capfire, "logfire", "/items/2", method="BREW")
+
+    assert direct == through_logfire
+    [server] = direct
+    assert server["name"] == "HTTP /items/{item_id}"
+    assert server["attributes"]["http.request.method"] == "_OTHER"
+    assert server["attributes"]["http.request.method_original"] == "BREW"
+    assert server["attributes"]["logfire.msg"] == "BREW /items/2"
 
 
 def test_the_log_span_is_a_child_of_the_server_span(capfire: CaptureLogfire) -> None:
@@ -288,11 +300,12 @@ def test_spans_encoded_in_the_exporters_thread_are_the_spans_built_at_once(
         trace_state=TraceState([("vendor", "v1")]),
     )
     server = SpanContext(caller.trace_id, 0x1111, False, caller.trace_flags, caller.trace_state)
-    requests: list[tuple[SpanContext, int, str | None, str, str, dict[str, str]]] = [
-        (caller, 200, "/items/{item_id}", "/items/2", "1.1", TENANT_ATTRIBUTES),
-        (INVALID_SPAN_CONTEXT, 404, "/items/{item_id}", "/items/999", "2", {}),
-        (caller, 503, "/items/{item_id}", "/items/1", "1.1", {"account_id": "acct-1"}),
-        (caller, 404, None, "/reset/password-token/abc", "1.1", {}),
+    requests: list[tuple[SpanContext, str, int, str | None, str, str, dict[str, str]]] = [
+        (caller, "GET", 200, "/items/{item_id}", "/items/2", "1.1", TENANT_ATTRIBUTES),
+        (INVALID_SPAN_CONTEXT, "GET", 404, "/items/{item_id}", "/items/999", "2", {}),
+        (caller, "GET", 503, "/items/{item_id}", "/items/1", "1.1", {"account_id": "acct-1"}),
+        (caller, "GET", 404, None, "/reset/password-token/abc", "1.1", {}),
+        (caller, "BREW", 405, "/items/{item_id}", "/items/3", "1.1", {}),
     ]
     logs: list[tuple[int, dict[str, str | int | float | bool]]] = [
         (logging.INFO, {"item_id": 2, "note": "my token is abc123", "ratio": 0.5, "retry": False}),
@@ -304,11 +317,13 @@ def test_spans_encoded_in_the_exporters_thread_are_the_spans_built_at_once(
     for key, value in {**TENANT_ATTRIBUTES, "region": "eu"}.items():
         in_baggage = baggage.set_baggage(key, value, in_baggage)
     for request_spans in (encoded_later, built_at_once):
-        for parent, status, route, path, http_version, tenant in requests:
+        for parent, method, status, route, path, http_version, tenant in requests:
+            known = method == "GET"
             request_spans.end_server_span(
                 server if parent.is_valid else SpanContext(7, 8, False, caller.trace_flags),
                 parent,
-                method="GET",
+                method=method if known else "_OTHER",
+                method_original=None if known else method,
                 route=route,
                 status=status,
                 path=path,

@@ -58,6 +58,18 @@ def test_not_found_keeps_the_route(client: TestClient, capfire: CaptureLogfire) 
     assert span.status.status_code is StatusCode.UNSET
 
 
+def test_a_method_the_conventions_do_not_know_is_other(
+    client: TestClient, capfire: CaptureLogfire
+) -> None:
+    client.request("BREW", "/items/1")
+
+    [span] = server_spans(capfire)
+    assert span.name == "HTTP /items/{item_id}"  # the conventions name it so
+    attributes = dict(span.attributes or {})
+    assert attributes["http.request.method"] == "_OTHER"
+    assert attributes["http.request.method_original"] == "BREW"
+
+
 def test_unmatched_path_is_named_by_method_only(
     client: TestClient, capfire: CaptureLogfire
 ) -> None:

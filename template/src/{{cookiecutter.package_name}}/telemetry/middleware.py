@@ -21,7 +21,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
 
 from .metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE, HttpMetrics
 from .sampling import decide, mark_sampled, request_span
-from .spans import error_type
+from .spans import error_type, server_span_name
 from .tenant import TenantHeaders, reset_request_tenant, set_request_tenant, with_tenant_baggage
 
 if TYPE_CHECKING:
@@ -84,9 +84,11 @@ class TelemetryMiddleware:
         # The global propagator is W3C tracecontext only (logfire_config.py); Logfire wraps it so
         # that DISTRIBUTED_TRACING=false ignores incoming trace ids.
         ctx = propagate.extract(carrier) if carrier is not None else context.get_current()
-        method = scope["method"]
+        method: str = scope["method"]
+        method_original: str | None = None
         if method not in KNOWN_METHODS:
-            method = OTHER_METHOD
+            # Metrics and span names see `_OTHER`; the span keeps what the client sent as well.
+            method, method_original = OTHER_METHOD, method
         # An empty context (the usual case: no incoming trace) has no span to look up.
         parent = trace.get_current_span(ctx).get_span_context() if ctx else INVALID_SPAN_CONTEXT
         span: trace.Span
@@ -106,7 +108,7 @@ class TelemetryMiddleware:
                 method,
                 context=mark_sampled(ctx),
                 kind=SpanKind.SERVER,
-                attributes={"logfire.msg": f"{method} {scope['path']}"},
+                attributes={"logfire.msg": f"{method_original or method} {scope['path']}"},
             )
         else:
             span = request_span(parent, sampled=sampled)
@@ -142,6 +144,7 @@ class TelemetryMiddleware:
                     span_context,
                     parent,
                     method=method,
+                    method_original=method_original,
                     route=route,
                     status=status,
                     path=scope["path"],
@@ -154,11 +157,11 @@ class TelemetryMiddleware:
                 )
                 exemplar_trace_id = format(span_context.trace_id, "032x")
             elif through_logfire:
-                name = f"{method} {route}" if route else method
-                span.update_name(name)
+                span.update_name(server_span_name(method, route))
                 span.set_attributes(
                     {
-                        "logfire.msg": name,
+                        # What the client asked for, as the direct path shows it (spans.py).
+                        "logfire.msg": f"{method_original or method} {scope['path']}",
                         "http.request.method": method,
                         "http.response.status_code": status,
                         "url.path": scope["path"],
@@ -168,6 +171,8 @@ class TelemetryMiddleware:
                 )
                 if route:
                     span.set_attribute("http.route", route)
+                if method_original is not None:
+                    span.set_attribute("http.request.method_original", method_original)
                 failed_as = error_type(status, error)
                 if failed_as is not None:
                     span.set_attribute("error.type", failed_as)

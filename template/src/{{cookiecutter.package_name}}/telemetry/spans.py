@@ -37,6 +37,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from .logs import RECORD_ATTRIBUTES, REDACTED, is_secret_key, redact_text
+from .metrics import OTHER_METHOD
 from .otlp import (
     ERROR_STATUS,
     UNSET_STATUS,
@@ -94,6 +95,7 @@ class ServerSpanFacts(NamedTuple):
     span_context: SpanContext
     parent: SpanContext
     method: str
+    method_original: str | None  # a method the conventions do not know (`method` is `_OTHER`)
     route: str | None
     status: int
     path: str
@@ -155,6 +157,7 @@ class RequestSpans:
         parent: SpanContext,
         *,
         method: str,
+        method_original: str | None,
         route: str | None,
         status: int,
         path: str,
@@ -170,6 +173,7 @@ class RequestSpans:
             span_context,
             parent,
             method,
+            method_original,
             route,
             status,
             path,
@@ -198,8 +202,9 @@ class RequestSpans:
                 method, route, status, facts.scheme, facts.http_version, failed_as
             ),
             # Logfire shows a server span as `METHOD path`; its name keeps the route template.
-            "logfire.msg": f"{method} {shown_path}",
+            "logfire.msg": f"{facts.method_original or method} {shown_path}",
             "url.path": shown_path,
+            **_original_method(facts.method_original),
             **facts.tenant,
         }
         events: tuple[Event, ...] = ()
@@ -208,7 +213,7 @@ class RequestSpans:
             # What Logfire's UI groups errors into issues by.
             attributes["logfire.exception.fingerprint"] = _issue_fingerprint(error)
         return ReadableSpan(
-            name=_server_span_name(method, route),
+            name=server_span_name(method, route),
             context=facts.span_context,
             parent=facts.parent if facts.parent.is_valid else None,
             resource=self.resource,
@@ -236,14 +241,18 @@ class RequestSpans:
             repeated = encode_attributes(attributes.items())
             self._remember(key, repeated)
         shown_path = redact_text(facts.path)
-        varying = (("logfire.msg", f"{method} {shown_path}"), ("url.path", shown_path))
+        varying = (
+            ("logfire.msg", f"{facts.method_original or method} {shown_path}"),
+            ("url.path", shown_path),
+            *_original_method(facts.method_original).items(),
+        )
         span_context, parent = facts.span_context, facts.parent
         return span_message(
             span_context.trace_id,
             span_context.span_id,
             span_context.trace_state,
             parent if parent.is_valid else None,
-            _server_span_name(method, route),
+            server_span_name(method, route),
             SpanKind.SERVER,
             facts.start,
             facts.end,
@@ -489,8 +498,14 @@ def _server_attributes(
     return attributes
 
 
-def _server_span_name(method: str, route: str | None) -> str:
-    return f"{method} {route}" if route else method
+def _original_method(method_original: str | None) -> dict[str, str]:
+    return {} if method_original is None else {"http.request.method_original": method_original}
+
+
+def server_span_name(method: str, route: str | None) -> str:
+    """`{method} {route}`, or the method alone; `HTTP` for a method the conventions do not know."""
+    shown = "HTTP" if method == OTHER_METHOD else method
+    return f"{shown} {route}" if route else shown
 
 
 def _shown_fields(
