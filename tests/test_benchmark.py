@@ -79,6 +79,8 @@ def test_every_mode_ran_and_served_the_route_without_errors(report: dict[str, An
         assert row["cpu_us_per_request"] > 0, mode
         assert 0 < row["startup_s"] < 30, mode
         assert row["rps_ratio"] > 0, mode
+        lowest, highest = row["rps_ratio_range"]
+        assert lowest <= row["rps_ratio"] <= highest, mode
     assert report["loadgen"] == "python"
     assert {run["mode"] for run in report["runs"]} == set(MODES)
 

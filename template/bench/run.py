@@ -523,7 +523,10 @@ def summarize(runs: list[Run], modes: list[str]) -> dict[str, dict[str, Any]]:
         row["cpu_us_per_request"] = median(cpus) if cpus else None
         if bare:
             paired = [(r, bare[r.round]) for r in mine if r.round in bare]
-            row["rps_ratio"] = median([r.load.rps / b.load.rps for r, b in paired])
+            ratios = [r.load.rps / b.load.rps for r, b in paired]
+            row["rps_ratio"] = median(ratios)
+            # How far single rounds stray: on shared machines, often further than modes differ.
+            row["rps_ratio_range"] = [min(ratios), max(ratios)] if ratios else None
             row["p99_ratio"] = median([r.load.p99_ms / b.load.p99_ms for r, b in paired])
             cpu_pairs = [
                 b.cpu_us_per_request / r.cpu_us_per_request
@@ -548,6 +551,12 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     def fmt(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
+    def ratio(row: dict[str, Any]) -> str:
+        spread = row.get("rps_ratio_range")
+        if spread is None or spread[0] == spread[1]:  # bare, or a single round
+            return fmt(row.get("rps_ratio"), ".2f")
+        return f"{row['rps_ratio']:.2f} ({spread[0]:.2f}-{spread[1]:.2f})"
+
     lines = [
         "| mode | req/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare | CPU us/req | CPU vs bare"
         " | startup s | spans/req |",
@@ -556,7 +565,7 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     for mode, row in summary.items():
         lines.append(
             f"| {mode} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f}"
-            f" | {fmt(row.get('rps_ratio'), '.2f')} | {fmt(row.get('p99_ratio'), '.2f')}"
+            f" | {ratio(row)} | {fmt(row.get('p99_ratio'), '.2f')}"
             f" | {fmt(row['cpu_us_per_request'], '.0f')} | {fmt(row.get('cpu_ratio'), '.2f')}"
             f" | {row['startup_s']:.2f} | {fmt(row.get('spans_per_request'), '.2f')} |"
         )
