@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined
+from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 SPEC_FILE = "copier.yml"
@@ -38,18 +38,21 @@ def questions(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _environment() -> SandboxedEnvironment:
-    # The same sandbox and strictness copier uses, so an expression that works here works there.
-    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+def _environment(repo_dir: str | Path) -> SandboxedEnvironment:
+    # The same sandbox, strictness and loader root copier uses, so an expression that works here
+    # works there (validators import macros from hooks/answers.jinja).
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(str(repo_dir)), undefined=StrictUndefined, keep_trailing_newline=True
+    )
 
 
 def _answered(spec: dict[str, Any], answers: dict[str, Any]) -> dict[str, Any]:
     return {name: answers[name] for name in questions(spec) if name in answers}
 
 
-def validation_errors(spec: dict[str, Any], answers: dict[str, Any]) -> list[str]:
+def validation_errors(spec: dict[str, Any], answers: dict[str, Any], repo_dir: str | Path) -> list[str]:
     """One message per invalid answer, each naming its question, in question order."""
-    env = _environment()
+    env = _environment(repo_dir)
     context = _answered(spec, answers)
     errors: list[str] = []
     for name, question in questions(spec).items():
@@ -70,9 +73,9 @@ def validation_errors(spec: dict[str, Any], answers: dict[str, Any]) -> list[str
     return errors
 
 
-def excluded_paths(spec: dict[str, Any], answers: dict[str, Any]) -> list[str]:
+def excluded_paths(spec: dict[str, Any], answers: dict[str, Any], repo_dir: str | Path) -> list[str]:
     """The relative paths that copier's conditional `_exclude` entries leave out for these answers."""
-    env = _environment()
+    env = _environment(repo_dir)
     context = _answered(spec, answers)
     paths: list[str] = []
     for entry in spec.get("_exclude", []):

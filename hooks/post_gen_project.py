@@ -27,7 +27,8 @@ def remove(path: Path) -> None:
 
 
 def main() -> int:
-    for relative in excluded_paths(load_spec(ANSWERS["_repo_dir"]), ANSWERS):
+    repo_dir = ANSWERS["_repo_dir"]
+    for relative in excluded_paths(load_spec(repo_dir), ANSWERS, repo_dir):
         remove(Path(relative))
     return 0
 

@@ -14,7 +14,8 @@ from copier_spec import load_spec, validation_errors  # noqa: E402
 
 
 def main() -> int:
-    errors = validation_errors(load_spec(ANSWERS["_repo_dir"]), ANSWERS)
+    repo_dir = ANSWERS["_repo_dir"]
+    errors = validation_errors(load_spec(repo_dir), ANSWERS, repo_dir)
     for error in errors:
         print(f"Invalid answer for {error}", file=sys.stderr)
     return 1 if errors else 0
