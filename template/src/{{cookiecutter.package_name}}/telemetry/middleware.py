@@ -21,7 +21,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
 
 from .metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE, HttpMetrics
 from .sampling import decide, mark_sampled, request_span
-from .spans import error_type, server_span_name
+from .spans import error_type, server_span_message, server_span_name
 from .tenant import TenantHeaders, reset_request_tenant, set_request_tenant, with_tenant_baggage
 
 if TYPE_CHECKING:
@@ -108,7 +108,9 @@ class TelemetryMiddleware:
                 method,
                 context=mark_sampled(ctx),
                 kind=SpanKind.SERVER,
-                attributes={"logfire.msg": f"{method_original or method} {scope['path']}"},
+                attributes={
+                    "logfire.msg": server_span_message(method, method_original, scope["path"])
+                },
             )
         else:
             span = request_span(parent, sampled=sampled)
@@ -160,8 +162,7 @@ class TelemetryMiddleware:
                 span.update_name(server_span_name(method, route))
                 span.set_attributes(
                     {
-                        # What the client asked for, as the direct path shows it (spans.py).
-                        "logfire.msg": f"{method_original or method} {scope['path']}",
+                        "logfire.msg": server_span_message(method, method_original, scope["path"]),
                         "http.request.method": method,
                         "http.response.status_code": status,
                         "url.path": scope["path"],

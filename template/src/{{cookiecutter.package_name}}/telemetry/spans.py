@@ -202,7 +202,7 @@ class RequestSpans:
                 method, route, status, facts.scheme, facts.http_version, failed_as
             ),
             # Logfire shows a server span as `METHOD path`; its name keeps the route template.
-            "logfire.msg": f"{facts.method_original or method} {shown_path}",
+            "logfire.msg": server_span_message(method, facts.method_original, shown_path),
             "url.path": shown_path,
             **_original_method(facts.method_original),
             **facts.tenant,
@@ -242,7 +242,7 @@ class RequestSpans:
             self._remember(key, repeated)
         shown_path = redact_text(facts.path)
         varying = (
-            ("logfire.msg", f"{facts.method_original or method} {shown_path}"),
+            ("logfire.msg", server_span_message(method, facts.method_original, shown_path)),
             ("url.path", shown_path),
             *_original_method(facts.method_original).items(),
         )
@@ -500,6 +500,11 @@ def _server_attributes(
 
 def _original_method(method_original: str | None) -> dict[str, str]:
     return {} if method_original is None else {"http.request.method_original": method_original}
+
+
+def server_span_message(method: str, method_original: str | None, path: str) -> str:
+    """Logfire's message for a SERVER span: the method as the client sent it, and the path."""
+    return f"{method_original or method} {path}"
 
 
 def server_span_name(method: str, route: str | None) -> str:
