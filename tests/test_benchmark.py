@@ -1,6 +1,6 @@
 """The generated service's benchmark (bench/run.py) runs every mode and reports what it measured.
 
-Not a performance test: one short round with the built-in load generator proves that each mode
+Not a performance test: two short rounds with the built-in load generator prove that each mode
 boots, serves the example route without errors and exports and logs what it should, so the
 script a user runs to check the overhead cannot rot unnoticed. The overhead figures themselves
 come from wrk on a quiet machine (benchmarks/telemetry-overhead.md), never from a test.
@@ -41,7 +41,7 @@ def report(
     project = project_env("copier", "default")
     output = tmp_path_factory.mktemp("bench") / "results.json"
     # The packages of the comparison modes, as the generated README says to add them.
-    project.run(
+    completed = project.run(
         "uv",
         "run",
         "--python",
@@ -53,7 +53,7 @@ def report(
         "python",
         "bench/run.py",
         "--rounds",
-        "1",
+        "2",
         "--duration",
         "1",
         "--warmup",
@@ -67,6 +67,7 @@ def report(
         timeout=600,
     )
     result: dict[str, Any] = json.loads(output.read_text())
+    result["printed"] = completed.stdout
     return result
 
 
@@ -83,6 +84,16 @@ def test_every_mode_ran_and_served_the_route_without_errors(report: dict[str, An
         assert lowest <= row["rps_ratio"] <= highest, mode
     assert report["loadgen"] == "python"
     assert {run["mode"] for run in report["runs"]} == set(MODES)
+
+
+def test_the_table_shows_each_ratio_beside_its_lowest_and_highest_round(
+    report: dict[str, Any],
+) -> None:
+    row = report["summary"]["production"]
+    lowest, highest = row["rps_ratio_range"]
+    assert lowest < highest, "two rounds, two different ratios"
+    [line] = [line for line in report["printed"].splitlines() if line.startswith("| production |")]
+    assert f"| {row['rps_ratio']:.2f} ({lowest:.2f}-{highest:.2f}) |" in line, line
 
 
 def served(run: dict[str, Any]) -> int:
