@@ -83,6 +83,7 @@ def test_every_mode_ran_and_served_the_route_without_errors(report: dict[str, An
         lowest, highest = row["rps_ratio_range"]
         assert lowest <= row["rps_ratio"] <= highest, mode
     assert report["loadgen"] == "python"
+    assert report["offered_rps"] is None, "unpaced unless --rate is given"
     assert {run["mode"] for run in report["runs"]} == set(MODES)
 
 
@@ -94,6 +95,80 @@ def test_the_table_shows_each_ratio_beside_its_lowest_and_highest_round(
     assert lowest < highest, "two rounds, two different ratios"
     [line] = [line for line in report["printed"].splitlines() if line.startswith("| production |")]
     assert f"| {row['rps_ratio']:.2f} ({lowest:.2f}-{highest:.2f}) |" in line, line
+
+
+OFFERED_RPS = 200
+
+
+@pytest.fixture(scope="module")
+def fixed_rate_report(
+    project_env: Callable[[str, str], ProjectEnv], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    project = project_env("copier", "default")
+    output = tmp_path_factory.mktemp("bench-rate") / "results.json"
+    completed = project.run(
+        "uv",
+        "run",
+        "--python",
+        project.python,
+        "python",
+        "bench/run.py",
+        "--rate",
+        str(OFFERED_RPS),
+        "--connections",
+        "8",
+        "--rounds",
+        "1",
+        "--duration",
+        "3",
+        "--warmup",
+        "0.5",
+        "--loadgen",
+        "python",
+        "--modes",
+        "bare,production",
+        "--output",
+        str(output),
+        timeout=300,
+    )
+    result: dict[str, Any] = json.loads(output.read_text())
+    result["printed"] = completed.stdout
+    return result
+
+
+def test_a_fixed_rate_offers_every_mode_the_same_load(fixed_rate_report: dict[str, Any]) -> None:
+    assert fixed_rate_report["offered_rps"] == OFFERED_RPS
+    for mode, row in fixed_rate_report["summary"].items():
+        assert row["errors"] == 0, mode
+        # About 600 arrivals in 3 s. Unpaced, the same load generator sends several times as
+        # many; each connection waits after an answer (as wrk does), so a slow answer lowers
+        # the rate a little, and nothing raises it.
+        assert 0.5 * OFFERED_RPS <= row["rps"] <= 1.2 * OFFERED_RPS, (mode, row["rps"])
+    assert f"offered {OFFERED_RPS} req/s (Poisson arrivals)" in fixed_rate_report["printed"]
+
+
+def test_a_rate_wrk_cannot_pace_is_refused_before_any_server_starts(
+    project_env: Callable[[str, str], ProjectEnv],
+) -> None:
+    project = project_env("copier", "default")
+    completed = project.run(
+        "uv",
+        "run",
+        "--python",
+        project.python,
+        "python",
+        "bench/run.py",
+        "--rate",
+        "5000",
+        "--connections",
+        "8",
+        "--output",
+        "/nonexistent/results.json",
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "--rate must be above 0 and at most 4000 with 8 connections" in completed.stderr
+    assert "round 1" not in completed.stdout
 
 
 def served(run: dict[str, Any]) -> int:

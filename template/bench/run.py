@@ -2,6 +2,7 @@
 
     uv run python bench/run.py                      # all modes, 3 interleaved rounds
     uv run python bench/run.py --rounds 5 --duration 15 --modes bare,production
+    uv run python bench/run.py --rate 2000 --connections 64 --modes bare,production,traced
 
 Each mode is a real uvicorn process on 127.0.0.1 (one worker, no access log, uvloop/httptools
 when installed, exactly as the service's entry point runs it), driven by `wrk` on `GET /items/1`
@@ -41,6 +42,13 @@ measures startup (process start to the first `/readyz` 200), the server's CPU ti
 (Linux; steadier than throughput on a shared machine) and how many spans reached the sink.
 Without `wrk` on PATH a small Python load generator is used instead: its numbers are labelled
 and are not comparable with wrk's.
+
+By default every connection sends its next request as soon as the last one is answered, so each
+server runs flat out: its p99 is then mostly queueing and follows its throughput. `--rate`
+offers the same load to every mode instead (Poisson arrivals, total requests/s), below what the
+servers can take, to compare the latency a request pays at a given traffic. Latency is measured
+from when a request is written, so a stall that delays a connection's next requests is not
+counted: the figures compare the modes with each other.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -292,15 +301,33 @@ class Load:
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+# --rate with wrk: every connection waits an exponentially distributed time between requests,
+# so that arrivals are close to Poisson. wrk's timers count whole milliseconds.
+_POISSON_WAITS = """\
+math.randomseed(os.time())
+function delay()
+  return math.floor(-math.log(1 - math.random()) * {mean_ms} + 0.5)
+end
+"""
 
 
-def run_wrk(url: str, seconds: float, connections: int) -> Load:
+def mean_wait_ms(connections: int, rate: float) -> float:
+    """Each connection's mean wait between requests for `rate` requests/s in total."""
+    return connections / rate * 1000
+
+
+def run_wrk(url: str, seconds: float, connections: int, rate: float | None = None) -> Load:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     for name, value in TENANT_HEADERS.items():
         command += ["-H", f"{name}: {value}"]
-    out = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [*command, url], capture_output=True, text=True, check=True
-    ).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if rate is not None:
+            script.write(_POISSON_WAITS.format(mean_ms=mean_wait_ms(connections, rate)))
+            script.flush()
+            command += ["-s", script.name]
+        out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [*command, url], capture_output=True, text=True, check=True
+        ).stdout
     latency = {
         p: float(v) * _UNITS[u]
         for p, v, u in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -324,7 +351,9 @@ def run_wrk(url: str, seconds: float, connections: int) -> Load:
     )
 
 
-async def _python_load(host: str, port: int, path: str, seconds: float, connections: int) -> Load:
+async def _python_load(
+    host: str, port: int, path: str, seconds: float, connections: int, rate: float | None
+) -> Load:
     headers = "".join(f"{k}: {v}\r\n" for k, v in TENANT_HEADERS.items())
     request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode()
     latencies: list[float] = []
@@ -336,6 +365,11 @@ async def _python_load(host: str, port: int, path: str, seconds: float, connecti
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while time.perf_counter() < deadline:
+                if rate is not None:  # as with wrk: exponential waits, Poisson arrivals
+                    wait = random.expovariate(1000 / mean_wait_ms(connections, rate))
+                    await asyncio.sleep(min(wait, deadline - time.perf_counter()))
+                    if time.perf_counter() >= deadline:
+                        break
                 start = time.perf_counter()
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -361,12 +395,14 @@ async def _python_load(host: str, port: int, path: str, seconds: float, connecti
     )
 
 
-def run_python(url: str, seconds: float, connections: int) -> Load:
+def run_python(url: str, seconds: float, connections: int, rate: float | None = None) -> Load:
     match = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
     if match is None:
         raise ValueError(url)
     return asyncio.run(
-        _python_load(match.group(1), int(match.group(2)), match.group(3), seconds, connections)
+        _python_load(
+            match.group(1), int(match.group(2)), match.group(3), seconds, connections, rate
+        )
     )
 
 
@@ -464,9 +500,9 @@ def run_once(mode: str, round_: int, args: argparse.Namespace, sink: Sink, workd
             wait_ready(f"http://127.0.0.1:{port}/readyz", process)
             startup = time.perf_counter() - started
             url = f"http://127.0.0.1:{port}/items/1"
-            warmup = args.load(url, args.warmup, args.connections)
+            warmup = args.load(url, args.warmup, args.connections, args.rate)
             cpu_before = process_cpu_seconds(process.pid)
-            load = args.load(url, args.duration, args.connections)
+            load = args.load(url, args.duration, args.connections, args.rate)
             cpu_after = process_cpu_seconds(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
@@ -579,10 +615,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before it")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="offered requests/s in total, Poisson arrivals (default: as fast as answered)",
+    )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rate is not None and not 0 < args.rate <= args.connections * 500:
+        # wrk waits whole milliseconds: below 2 ms on average, rounding would skew the rate.
+        parser.error(
+            f"--rate must be above 0 and at most {args.connections * 500:g} with"
+            f" {args.connections} connections (raise --connections for more)"
+        )
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -641,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadgen": loadgen,
         "url": "GET /items/1",
         "connections": args.connections,
+        "offered_rps": args.rate,
         "duration_s": args.duration,
         "rounds": args.rounds,
         "machine": {
@@ -660,6 +709,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmedians of {args.rounds} interleaved rounds, {loadgen}, {args.connections} connections,"
         f" {args.duration:g} s per run; results in {args.output}"
     )
+    if args.rate is not None:
+        say(
+            f"offered {args.rate:g} req/s (Poisson arrivals): compare latency and CPU per request;"
+            " req/s shows whether each mode kept up"
+        )
     return 0
 
 
