@@ -163,7 +163,7 @@ def bench_app(mode: str) -> Any:
     if mode == "bare-jsonlines":
         import logging
 
-        from {{ cookiecutter.package_name }}.telemetry.logs import (
+        from {{ cookiecutter.package_name }}.telemetry.json_lines import (
             JsonFormatter,
             JsonLinesHandler,
         )

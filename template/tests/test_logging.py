@@ -19,13 +19,13 @@ from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from {{ cookiecutter.package_name }}.app import create_app
-from {{ cookiecutter.package_name }}.telemetry.logs import (
+from {{ cookiecutter.package_name }}.telemetry.json_lines import (
     JsonFormatter,
     JsonLinesHandler,
     _utc_timestamp,
-    configure_logging,
-    redact_text,
 )
+from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging
+from {{ cookiecutter.package_name }}.telemetry.redaction import redact_text
 
 from conftest import (
     TENANT_ATTRIBUTES,

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, cast
 from opentelemetry import trace
 from opentelemetry.trace import TraceFlags
 
-from .logs import RECORD_ATTRIBUTES, event_route
+from .json_lines import RECORD_ATTRIBUTES
+from .logs import event_route
 from .spans import LOG_SPAN_ATTRIBUTES, PLAIN_VALUES
 from .tenant import current_tenant
 

@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from .logs import RECORD_ATTRIBUTES, REDACTED, is_secret_key, redact_text
+from .json_lines import RECORD_ATTRIBUTES
 from .metrics import OTHER_METHOD
 from .otlp import (
     ERROR_STATUS,
@@ -46,6 +46,7 @@ from .otlp import (
     encode_span,
     span_message,
 )
+from .redaction import REDACTED, is_secret_key, redact_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
