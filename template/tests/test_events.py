@@ -18,7 +18,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.events import EventLog
 from {{ cookiecutter.package_name }}.telemetry.json_lines import JsonLinesHandler
-from {{ cookiecutter.package_name }}.telemetry.logs import SampledLogfireHandler, configure_logging
+from {{ cookiecutter.package_name }}.telemetry.logs import (
+    SampledLogfireHandler,
+    configure_logging,
+)
 
 from conftest import TENANT_HEADERS, logs_named, make_settings
 
