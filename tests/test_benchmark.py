@@ -9,7 +9,9 @@ come from wrk on a quiet machine (benchmarks/telemetry-overhead.md), never from 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,41 +36,34 @@ COMPARISONS = (
 MODES = ("bare", *SERVICE_MODES, *COMPARISONS)
 
 
-@pytest.fixture(scope="module")
-def report(
-    project_env: Callable[[str, str], ProjectEnv], tmp_path_factory: pytest.TempPathFactory
+def run_benchmark(
+    project: ProjectEnv, output_dir: Path, *options: str, packages: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    project = project_env("copier", "default")
-    output = tmp_path_factory.mktemp("bench") / "results.json"
-    # The packages of the comparison modes, as the generated README says to add them.
+    """`bench/run.py` with these options (and `packages` added): its JSON and its printed table."""
+    output = output_dir / "results.json"
+    with_packages = [arg for package in packages for arg in ("--with", package)]
     completed = project.run(
-        "uv",
-        "run",
-        "--python",
-        project.python,
-        "--with",
-        "logfire[fastapi]",
-        "--with",
-        "prometheus-fastapi-instrumentator",
-        "python",
-        "bench/run.py",
-        "--rounds",
-        "2",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.5",
-        "--loadgen",
-        "python",
-        "--modes",
-        ",".join(MODES),
-        "--output",
-        str(output),
+        *("uv", "run", "--python", project.python, *with_packages, "python", "bench/run.py"),
+        *(*options, "--output", str(output)),
         timeout=600,
     )
     result: dict[str, Any] = json.loads(output.read_text())
     result["printed"] = completed.stdout
     return result
+
+
+@pytest.fixture(scope="module")
+def report(
+    project_env: Callable[[str, str], ProjectEnv], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    return run_benchmark(
+        project_env("copier", "default"),
+        tmp_path_factory.mktemp("bench"),
+        *("--rounds", "2", "--duration", "1", "--warmup", "0.5", "--loadgen", "python"),
+        *("--modes", ",".join(MODES)),
+        # The packages of the comparison modes, as the generated README says to add them.
+        packages=("logfire[fastapi]", "prometheus-fastapi-instrumentator"),
+    )
 
 
 def test_every_mode_ran_and_served_the_route_without_errors(report: dict[str, Any]) -> None:
@@ -104,36 +99,12 @@ OFFERED_RPS = 200
 def fixed_rate_report(
     project_env: Callable[[str, str], ProjectEnv], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    project = project_env("copier", "default")
-    output = tmp_path_factory.mktemp("bench-rate") / "results.json"
-    completed = project.run(
-        "uv",
-        "run",
-        "--python",
-        project.python,
-        "python",
-        "bench/run.py",
-        "--rate",
-        str(OFFERED_RPS),
-        "--connections",
-        "8",
-        "--rounds",
-        "1",
-        "--duration",
-        "3",
-        "--warmup",
-        "0.5",
-        "--loadgen",
-        "python",
-        "--modes",
-        "bare,production",
-        "--output",
-        str(output),
-        timeout=300,
+    return run_benchmark(
+        project_env("copier", "default"),
+        tmp_path_factory.mktemp("bench-rate"),
+        *("--rate", str(OFFERED_RPS), "--connections", "8", "--rounds", "1"),
+        *("--duration", "3", "--warmup", "0.5", "--loadgen", "python", "--modes", "bare,production"),
     )
-    result: dict[str, Any] = json.loads(output.read_text())
-    result["printed"] = completed.stdout
-    return result
 
 
 def test_a_fixed_rate_offers_every_mode_the_same_load(fixed_rate_report: dict[str, Any]) -> None:
@@ -221,3 +192,49 @@ def test_one_json_line_per_request_on_stdout_unless_the_event_is_below_log_level
             assert 0 <= run["stdout_lines"] - served(run) <= OUTSIDE_REQUESTS, mode
     for run in runs_of(report, "production-quiet"):
         assert run["stdout_lines"] <= OUTSIDE_REQUESTS
+
+
+# wrk stops with requests in flight: their lines are written, but wrk does not count them.
+WRK_CONNECTIONS = 16
+WRK_RATE = 400
+
+
+@pytest.fixture(scope="module")
+def wrk_reports(
+    project_env: Callable[[str, str], ProjectEnv], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Any]]:
+    """bare and production driven by wrk, as a user runs the benchmark: unpaced and paced."""
+    assert shutil.which("wrk"), "install wrk (Debian package wrk; .ci/run does)"
+    project = project_env("copier", "default")
+    options = ("--rounds", "1", "--duration", "2", "--warmup", "1", "--loadgen", "wrk")
+    options += ("--connections", str(WRK_CONNECTIONS), "--modes", "bare,production")
+    return {
+        "unpaced": run_benchmark(project, tmp_path_factory.mktemp("bench-wrk"), *options),
+        "paced": run_benchmark(
+            project, tmp_path_factory.mktemp("bench-wrk-rate"), *options, "--rate", str(WRK_RATE)
+        ),
+    }
+
+
+def test_wrk_drives_every_mode_and_its_counts_match_what_the_service_logged(
+    wrk_reports: dict[str, dict[str, Any]],
+) -> None:
+    for name, report in wrk_reports.items():
+        assert report["loadgen"] == "wrk", name
+        for mode, row in report["summary"].items():
+            assert row["errors"] == 0, (name, mode)
+            assert 0 < row["p50_ms"] <= row["p99_ms"], (name, mode)
+            assert row["cpu_us_per_request"] > 0, (name, mode)
+        # One JSON line per request: wrk's count (warm-up and load) read right, to within the
+        # requests each of its two runs left in flight.
+        for run in runs_of(report, "production"):
+            unanswered = 2 * WRK_CONNECTIONS
+            assert 0 <= run["stdout_lines"] - served(run) <= unanswered + OUTSIDE_REQUESTS, name
+
+
+def test_wrk_paces_a_fixed_rate(wrk_reports: dict[str, dict[str, Any]]) -> None:
+    paced = wrk_reports["paced"]
+    assert paced["offered_rps"] == WRK_RATE
+    for mode, row in paced["summary"].items():
+        # Unpaced, wrk sends as fast as the server answers, many times this rate.
+        assert 0.5 * WRK_RATE <= row["rps"] <= 1.2 * WRK_RATE, (mode, row["rps"])
