@@ -9,17 +9,17 @@ each server runs flat out and its p99 is mostly queueing, which follows throughp
 asks the other question: at the same request rate, below what either server can take, how much
 later does a request finish with the service's telemetry?
 
-wrk gets a Lua script that makes every connection wait an exponentially distributed time
-between requests (mean connections / rate), so that arrivals are close to Poisson at the chosen
-rate. The servers of all three modes run at once; wrk switches between them every `--seconds`,
-in alternating order, `--pairs` times per rate, and each mode's p99 is compared with bare's of
-the same pair (median, interquartile range). The server's CPU per request is read from /proc as
-in `bench/run.py`. wrk measures from when a request is written, so a stall that delays the next
-requests of a connection is not counted (coordinated omission): the figures compare the modes
-with each other and are not absolute latencies.
+wrk paces the load as the service's `bench/run.py --rate` does: a Lua script makes every
+connection wait an exponentially distributed time between requests (mean connections / rate), so
+that arrivals are close to Poisson at the chosen rate. The servers of all three modes run at once;
+wrk switches between them every `--seconds`, in alternating order, `--pairs` times per rate, and
+each mode's p99 is compared with bare's of the same pair (median, interquartile range). The
+server's CPU per request is read from /proc as in `bench/run.py`. wrk measures from when a request
+is written, so a stall that delays the next requests of a connection is not counted (coordinated
+omission): the figures compare the modes with each other and are not absolute latencies.
 
-It reuses the service's `bench/run.py` for the servers, the OTLP sink and the tenant headers, so
-it needs `uv sync` in the service and wrk on PATH.
+It reuses the service's `bench/run.py` for the servers, the OTLP sink and wrk (with `--rate`),
+so it needs `uv sync` in the service and wrk on PATH.
 """
 
 from __future__ import annotations
@@ -27,48 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 MODES = ("bare", "production", "traced")
-# Exponential waits, rounded to whole milliseconds (wrk's timer resolution), so the mean stays.
-POISSON_SCRIPT = """\
-local mean_ms = tonumber(os.getenv("MEAN_WAIT_MS"))
-math.randomseed(os.time())
-function delay()
-  return math.floor(-math.log(1 - math.random()) * mean_ms + 0.5)
-end
-"""
-PERCENTILES = ("50", "90", "99")
-
-
-def run_wrk(
-    bench: Any, url: str, script: Path, rate: float, connections: int, seconds: int
-) -> dict[str, float]:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
-    for name, value in bench.TENANT_HEADERS.items():
-        command += ["-H", f"{name}: {value}"]
-    env = {**os.environ, "MEAN_WAIT_MS": str(connections / rate * 1000)}
-    out = subprocess.run([*command, url], capture_output=True, text=True, check=True, env=env).stdout
-    latency = {
-        p: float(v) * bench._UNITS[u]
-        for p, v, u in re.findall(r"^\s+(\d+)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    }
-    requests = re.search(r"(\d+) requests in", out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if requests is None or rps is None or not set(PERCENTILES) <= set(latency):
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    return {
-        "requests": int(requests.group(1)),
-        "rps": float(rps.group(1)),
-        **{f"p{p}_ms": latency[p] for p in PERCENTILES},
-    }
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -83,7 +49,8 @@ def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, An
         paired = list(zip(mine, runs["bare"], strict=True))
         summary[mode] = {
             "rps": statistics.median(run["rps"] for run in mine),
-            **{f"p{p}_ms": statistics.median(run[f"p{p}_ms"] for run in mine) for p in PERCENTILES},
+            "p50_ms": statistics.median(run["p50_ms"] for run in mine),
+            "p99_ms": statistics.median(run["p99_ms"] for run in mine),
             "cpu_us_per_request": statistics.median(run["cpu_us"] for run in mine),
             "p50_ratio": spread([run["p50_ms"] / bare["p50_ms"] for run, bare in paired]),
             "p99_ratio": spread([run["p99_ms"] / bare["p99_ms"] for run, bare in paired]),
@@ -94,7 +61,7 @@ def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, An
 def show(mode: str, row: dict[str, Any]) -> str:
     p99 = row["p99_ratio"]
     return (
-        f"  {mode:10} {row['rps']:6.0f} req/s  p50 {row['p50_ms']:5.2f}  p90 {row['p90_ms']:5.2f}"
+        f"  {mode:10} {row['rps']:6.0f} req/s  p50 {row['p50_ms']:5.2f}"
         f"  p99 {row['p99_ms']:5.2f} ms  p99 vs bare {p99['median']:.2f} ({p99['q1']:.2f}-{p99['q3']:.2f})"
         f"  p50 vs bare {row['p50_ratio']['median']:.2f}  {row['cpu_us_per_request']:5.1f} us CPU/req"
     )
@@ -103,7 +70,6 @@ def show(mode: str, row: dict[str, Any]) -> str:
 def measure(
     bench: Any,
     servers: dict[str, tuple[subprocess.Popen[bytes], str]],
-    script: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Every rate in turn: `args.pairs` runs of every mode, in alternating order."""
@@ -111,14 +77,16 @@ def measure(
     for rate in args.rates:
         runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
         for _, url in servers.values():
-            run_wrk(bench, url, script, rate, args.connections, 2)  # warm-up
+            bench.run_wrk(url, 2, args.connections, rate)  # warm-up
         for pair in range(args.pairs):
             for mode in MODES if pair % 2 == 0 else MODES[::-1]:
                 server, url = servers[mode]
                 cpu_before = bench.process_cpu_seconds(server.pid)
-                run = run_wrk(bench, url, script, rate, args.connections, args.seconds)
-                run["cpu_us"] = (bench.process_cpu_seconds(server.pid) - cpu_before) / run["requests"] * 1e6
-                runs[mode].append(run)
+                load = bench.run_wrk(url, args.seconds, args.connections, rate)
+                cpu_us = (bench.process_cpu_seconds(server.pid) - cpu_before) / load.requests * 1e6
+                runs[mode].append(
+                    {"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "cpu_us": cpu_us}
+                )
         summary = summarize(runs)
         print(
             f"offered {rate:g} req/s, {args.connections} connections, {args.pairs} pairs of {args.seconds} s"
@@ -135,24 +103,21 @@ def compare(service: Path, args: argparse.Namespace) -> None:
 
     sink = bench.Sink()
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    with tempfile.TemporaryDirectory(prefix="fixed-rate-") as tmp:
-        script = Path(tmp) / "poisson.lua"
-        script.write_text(POISSON_SCRIPT)
-        try:
-            for mode in MODES:
-                port = bench.free_port()
-                command, env = bench.mode_command(mode, sink, port)
-                server = subprocess.Popen(
-                    command, env=env, cwd=service, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-                servers[mode] = (server, f"http://127.0.0.1:{port}/items/1")
-                bench.wait_ready(f"http://127.0.0.1:{port}/readyz", server, timeout=60)
-            rates = measure(bench, servers, script, args)
-        finally:
-            for server, _ in servers.values():
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=30)
-            sink.close()
+    try:
+        for mode in MODES:
+            port = bench.free_port()
+            command, env = bench.mode_command(mode, sink, port)
+            server = subprocess.Popen(
+                command, env=env, cwd=service, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            servers[mode] = (server, f"http://127.0.0.1:{port}/items/1")
+            bench.wait_ready(f"http://127.0.0.1:{port}/readyz", server, timeout=60)
+        rates = measure(bench, servers, args)
+    finally:
+        for server, _ in servers.values():
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        sink.close()
     if args.out is not None:
         settings = {"connections": args.connections, "seconds": args.seconds, "pairs": args.pairs}
         args.out.write_text(json.dumps({**settings, "rates": rates}, indent=2) + "\n")
