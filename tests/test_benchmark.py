@@ -36,17 +36,18 @@ COMPARISONS = (
 MODES = ("bare", *SERVICE_MODES, *COMPARISONS)
 
 
+def bench_command(project: ProjectEnv, packages: tuple[str, ...] = ()) -> list[str]:
+    """`bench/run.py` in the project's environment, with `packages` added."""
+    with_packages = [arg for package in packages for arg in ("--with", package)]
+    return ["uv", "run", "--python", project.python, *with_packages, "python", "bench/run.py"]
+
+
 def run_benchmark(
     project: ProjectEnv, output_dir: Path, *options: str, packages: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """`bench/run.py` with these options (and `packages` added): its JSON and its printed table."""
     output = output_dir / "results.json"
-    with_packages = [arg for package in packages for arg in ("--with", package)]
-    completed = project.run(
-        *("uv", "run", "--python", project.python, *with_packages, "python", "bench/run.py"),
-        *(*options, "--output", str(output)),
-        timeout=600,
-    )
+    completed = project.run(*bench_command(project, packages), *options, "--output", str(output), timeout=600)
     result: dict[str, Any] = json.loads(output.read_text())
     result["printed"] = completed.stdout
     return result
@@ -123,18 +124,8 @@ def test_a_rate_wrk_cannot_pace_is_refused_before_any_server_starts(
 ) -> None:
     project = project_env("copier", "default")
     completed = project.run(
-        "uv",
-        "run",
-        "--python",
-        project.python,
-        "python",
-        "bench/run.py",
-        "--rate",
-        "5000",
-        "--connections",
-        "8",
-        "--output",
-        "/nonexistent/results.json",
+        *bench_command(project),
+        *("--rate", "5000", "--connections", "8", "--output", "/nonexistent/results.json"),
         check=False,
     )
     assert completed.returncode == 2
