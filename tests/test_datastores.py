@@ -32,28 +32,23 @@ SCRIPT = textwrap.dedent(
     import asyncpg
     import logfire
     import redis.asyncio as redis
-    from opentelemetry import context
 
     from {package}.settings import Settings
     from {package}.telemetry import configure_telemetry
-    from {package}.telemetry.tenant import with_tenant_baggage
 
     SECRET = os.environ["SECRET"]
 
 
     async def main() -> None:
-        token = context.attach(with_tenant_baggage({{"account_id": os.environ["ACCOUNT"]}}))
-        try:
-            with logfire.span("datastores.check"):
-                connection = await asyncpg.connect(os.environ["POSTGRES_DSN"])
-                assert await connection.fetchval("SELECT $1::text", SECRET) == SECRET
-                await connection.close()
-                client = redis.Redis.from_url(os.environ["REDIS_URL"])
-                await client.set("session:1", SECRET)
-                assert await client.get("session:1") == SECRET.encode()
-                await client.aclose()
-        finally:
-            context.detach(token)
+        # As the middleware does for a request's tenant ids.
+        with logfire.set_baggage(account_id=os.environ["ACCOUNT"]), logfire.span("datastores.check"):
+            connection = await asyncpg.connect(os.environ["POSTGRES_DSN"])
+            assert await connection.fetchval("SELECT $1::text", SECRET) == SECRET
+            await connection.close()
+            client = redis.Redis.from_url(os.environ["REDIS_URL"])
+            await client.set("session:1", SECRET)
+            assert await client.get("session:1") == SECRET.encode()
+            await client.aclose()
 
 
     configure_telemetry(Settings())

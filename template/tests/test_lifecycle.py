@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire, TestExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -11,13 +9,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from {{ cookiecutter.package_name }}.app import create_app
 
 from conftest import make_settings, server_spans
-
-
-def test_startup_freezes_what_it_built_out_of_the_garbage_collectors_way() -> None:
-    gc.unfreeze()
-    with TestClient(create_app(make_settings())) as client:
-        assert client.get("/readyz").status_code == 200
-        assert gc.get_freeze_count() > 0
 
 
 def test_lifespan_shutdown_flushes_buffered_spans() -> None:

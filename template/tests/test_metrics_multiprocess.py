@@ -1,7 +1,7 @@
-"""Multiprocess metrics (gunicorn workers), simulated in one process with real files.
+"""Multiprocess metrics (gunicorn workers): real worker processes writing real files.
 
-prometheus-client keeps each process's values in files named after its pid inside
-PROMETHEUS_MULTIPROC_DIR. Two "workers" are two apps whose values are written under two fake pids;
+prometheus_client keeps each process's values in files named after its pid inside
+PROMETHEUS_MULTIPROC_DIR. Two worker processes serve requests (and bump a team's own counter);
 every scrape must merge both, and gunicorn.conf.py's hooks must clean up after a dead worker.
 """
 
@@ -12,30 +12,56 @@ import runpy
 {%- if cookiecutter.metrics_separate_port %}
 import socket
 {%- endif %}
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+{%- if cookiecutter.metrics_separate_port %}
 from fastapi.testclient import TestClient
+{%- endif %}
 from prometheus_client import values
 from prometheus_client.multiprocess import mark_process_dead
-{%- if cookiecutter.metrics_separate_port %}
 from prometheus_client.openmetrics.exposition import generate_latest
-{%- endif %}
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+{% if cookiecutter.metrics_separate_port -%}
 from {{ cookiecutter.package_name }}.app import create_app
-from {{ cookiecutter.package_name }}.telemetry.metrics import HttpMetrics{% if cookiecutter.metrics_separate_port %}, multiprocess_registry{% endif %}
+{% endif -%}
+from {{ cookiecutter.package_name }}.telemetry.metrics import registry_to_serve
+
+{%- if cookiecutter.metrics_separate_port %}
 
 from conftest import make_settings
+{%- endif %}
 
 COUNT = "http_server_request_duration_seconds_count"
-ROUTE = "/items/{item_id}"
 GUNICORN_CONF = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"
+# One worker's life: serve requests, count an order (a team's own metric, defined at module
+# level), and die with requests still in progress. Prints its pid.
+WORKER = """
+import os, sys
+from fastapi.testclient import TestClient
+from prometheus_client import Counter
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.telemetry.metrics import ACTIVE_REQUESTS
+
+ORDERS_CREATED = Counter("test_orders_created", "Orders created.")
+requests, in_flight = int(sys.argv[1]), int(sys.argv[2])
+with TestClient(create_app(Settings(_env_file=None, environment="test"))) as client:
+    for _ in range(requests):
+        client.get("/items/1", headers={"X-Account-Id": "acct-a"})
+    client.get("/items/999")
+ORDERS_CREATED.inc()
+for _ in range(in_flight):
+    ACTIVE_REQUESTS.labels("GET").inc()
+print(os.getpid())
+"""
 
 
 @pytest.fixture
@@ -45,31 +71,20 @@ def multiproc_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     values.close_all_multiprocess_files()  # type: ignore[no-untyped-call]
 
 
-def as_worker(pid: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """From now on, new metric values are written to this pid's files (as after a fork)."""
-    value_class = values.MultiProcessValue(lambda: pid)  # type: ignore[no-untyped-call]
-    monkeypatch.setattr(values, "ValueClass", value_class)
-
-
-def worker_app() -> FastAPI:
-    return create_app(make_settings())
-
-
-def merged(client: TestClient, multiproc_dir: Path) -> list[Sample]:
-    """One scrape, as Prometheus would get it (OpenMetrics)."""
-{%- if cookiecutter.metrics_separate_port %}
-    # With METRICS_PORT, gunicorn's master serves this registry (gunicorn.conf.py, when_ready).
-    del client
-    registry = multiprocess_registry(str(multiproc_dir))
-    text = generate_latest(registry).decode()  # type: ignore[no-untyped-call]
-{%- else %}
-    del multiproc_dir
-    response = client.get(
-        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+def run_worker(requests: int, in_flight: int = 0) -> int:
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", WORKER, str(requests), str(in_flight)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "ENVIRONMENT": "test"},
     )
-    assert response.status_code == 200
-    text = response.text
-{%- endif %}
+    return int(done.stdout.split()[-1])
+
+
+def scrape() -> list[Sample]:
+    """What /metrics serves in multiprocess mode (one merge of every worker's files)."""
+    text = generate_latest(registry_to_serve()).decode()  # type: ignore[no-untyped-call]
     return [
         sample
         for family in text_string_to_metric_families(text)  # type: ignore[no-untyped-call]
@@ -77,75 +92,42 @@ def merged(client: TestClient, multiproc_dir: Path) -> list[Sample]:
     ]
 
 
-def value(scrape: list[Sample], name: str, **labels: str) -> float | None:
-    found = [s.value for s in scrape if s.name == name and s.labels == labels]
+def value(samples: list[Sample], name: str, **labels: str) -> float | None:
+    found = [s.value for s in samples if s.name == name and s.labels == labels]
     assert len(found) <= 1, found
     return found[0] if found else None
 
 
-def items_count(scrape: list[Sample], status: int) -> float | None:
+def items_count(samples: list[Sample], status: int) -> float | None:
     return value(
-        scrape,
+        samples,
         COUNT,
         http_request_method="GET",
-        http_route=ROUTE,
+        http_route="/items/{item_id}",
         http_response_status_code=str(status),
     )
 
 
-@pytest.mark.usefixtures("capfire")
-def test_totals_are_summed_over_workers_whichever_answers(
-    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    as_worker(1001, monkeypatch)
-    with TestClient(worker_app()) as first:
-        for _ in range(3):
-            first.get("/items/1")
-        first.get("/items/999")
-        as_worker(1002, monkeypatch)
-        with TestClient(worker_app()) as second:
-            for _ in range(2):
-                second.get("/items/1", headers={"X-Account-Id": "acct-a"})
+@pytest.mark.usefixtures("multiproc_dir")
+def test_totals_are_summed_over_workers_and_a_dead_workers_gauge_is_dropped() -> None:
+    run_worker(requests=3)
+    doomed = run_worker(requests=2, in_flight=2)
 
-            scrapes = [merged(first, multiproc_dir), merged(second, multiproc_dir)]
-
-    assert sorted(path.name for path in multiproc_dir.iterdir()) == [
-        f"{kind}_{pid}.db"
-        for kind in ("counter", "gauge_livesum", "histogram")
-        for pid in (1001, 1002)
-    ]
-    for scrape in scrapes:
-        assert items_count(scrape, 200) == 5
-        assert items_count(scrape, 404) == 1
-        assert value(scrape, "tenant_requests_total", account_id="none", outcome="success") == 4
-        assert value(scrape, "tenant_requests_total", account_id="acct-a", outcome="success") == 2
-        assert value(scrape, "http_server_active_requests", http_request_method="GET") == 0
-        # Documented trade-offs of multiprocess mode: no exemplars, no per-process metrics.
-        assert not any(s.exemplar for s in scrape)
-        assert not any(s.name.startswith("process_") for s in scrape)
-
-
-@pytest.mark.usefixtures("capfire")
-def test_a_dead_workers_in_progress_requests_are_dropped(
-    multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    as_worker(2001, monkeypatch)
-    with TestClient(worker_app()) as doomed:
-        doomed.get("/items/1")
-        metrics: HttpMetrics = doomed.app.state.metrics  # type: ignore[attr-defined]
-        for _ in range(2):  # two requests in flight when the worker is killed
-            metrics.request_started("GET")
-        as_worker(2002, monkeypatch)
-        with TestClient(worker_app()) as survivor:
-            survivor.get("/items/1")
-            before = merged(survivor, multiproc_dir)
-            # What gunicorn does when it reaps the worker (gunicorn.conf.py, child_exit).
-            mark_process_dead(2001)  # type: ignore[no-untyped-call]
-            after = merged(survivor, multiproc_dir)
-
+    before = scrape()
+    assert items_count(before, 200) == 5
+    assert items_count(before, 404) == 2
+    assert value(before, "tenant_requests_total", account_id="acct-a", outcome="success") == 5
+    assert value(before, "test_orders_created_total") == 2
     assert value(before, "http_server_active_requests", http_request_method="GET") == 2
+    # Documented trade-offs of multiprocess mode: no exemplars, no per-process metrics.
+    assert not any(s.exemplar for s in before)
+    assert not any(s.name.startswith("process_") for s in before)
+
+    # What gunicorn does when it reaps the worker (gunicorn.conf.py, child_exit).
+    mark_process_dead(doomed)  # type: ignore[no-untyped-call]
+    after = scrape()
     assert value(after, "http_server_active_requests", http_request_method="GET") == 0
-    assert items_count(after, 200) == 2, "the dead worker's requests still count"
+    assert items_count(after, 200) == 5, "the dead worker's requests still count"
 
 
 def load_gunicorn_conf() -> dict[str, Any]:
@@ -201,7 +183,7 @@ def test_gunicorn_conf_provides_a_multiproc_dir_when_unset(
 
 @pytest.mark.usefixtures("capfire", "multiproc_dir")
 def test_workers_leave_the_metrics_port_to_the_master() -> None:
-    app = worker_app()
+    app = create_app(make_settings())
     port = app.state.settings.metrics_port
     with TestClient(app) as client, socket.socket() as probe:
         assert client.get("/readyz").status_code == 200

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
-from opentelemetry import baggage, context
 
-from {{ cookiecutter.package_name }}.telemetry.tenant import (
-    BAGGAGE_KEY,
-    with_tenant_baggage,
-)
+from {{ cookiecutter.package_name }}.telemetry import current_tenant
 
 from conftest import (
     TENANT_ATTRIBUTES,
@@ -69,9 +66,19 @@ def test_tenant_ids_do_not_leak_into_the_next_request(
     assert _tenant(second.attributes) == dict.fromkeys(TENANT_ATTRIBUTES)
 
 
+def rejections(client: TestClient) -> dict[str, float]:
+    prefix = "tenant_header_rejections_total{header="
+    return {
+        line.split('"')[1]: float(line.split()[-1])
+        for line in scrape(client).text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
 def test_invalid_tenant_header_is_dropped_and_counted(
     client: TestClient, capfire: CaptureLogfire
 ) -> None:
+    before = rejections(client)
     response = client.get(
         "/items/1",
         headers={"X-Account-Id": "evil value; drop table", "X-Session-Id": "s" * 129},
@@ -81,10 +88,10 @@ def test_invalid_tenant_header_is_dropped_and_counted(
     [span] = server_spans(capfire)
     assert "account_id" not in (span.attributes or {})
     assert "session_id" not in (span.attributes or {})
-    metrics = scrape(client).text
-    assert 'tenant_header_rejections_total{header="account_id"} 1.0' in metrics
-    assert 'tenant_header_rejections_total{header="session_id"} 1.0' in metrics
-    assert 'tenant_requests_total{account_id="none",outcome="success"} 1.0' in metrics
+    after = rejections(client)
+    assert after["account_id"] == before["account_id"] + 1
+    assert after["session_id"] == before["session_id"] + 1
+    assert after["llm_request_id"] == before["llm_request_id"]
 
 
 def test_header_names_are_configurable(capfire: CaptureLogfire) -> None:
@@ -105,21 +112,26 @@ def test_header_names_are_configurable(capfire: CaptureLogfire) -> None:
     assert (span.attributes or {})["account_id"] == "t-1"
 
 
-def test_tenant_baggage_is_what_set_baggage_makes() -> None:
-    assert BAGGAGE_KEY is not None, (
-        "OTel keeps baggage differently now: with_tenant_baggage falls back to set_baggage"
-    )
-    parent = baggage.set_baggage("existing", "kept", context.Context())
-    ids = {"account_id": "acct-1", "session_id": "sess-1", "existing": "replaced"}
-    expected = parent
-    for name, value in ids.items():
-        expected = baggage.set_baggage(name, value, expected)
+def test_handlers_read_the_tenant_ids_with_current_tenant(app: FastAPI) -> None:
+    async def whoami() -> dict[str, str]:
+        return current_tenant()
 
-    made = with_tenant_baggage(ids, parent)
+    app.add_api_route("/whoami", whoami)
+    with TestClient(app) as client:
+        assert client.get("/whoami", headers=TENANT_HEADERS).json() == TENANT_ATTRIBUTES
+        assert client.get("/whoami", headers={"X-Account-Id": "acct-1"}).json() == {
+            "account_id": "acct-1"
+        }
+        assert client.get("/whoami").json() == {}
+    assert current_tenant() == {}
 
-    assert dict(baggage.get_all(made)) == dict(baggage.get_all(expected))
-    assert dict(baggage.get_all(parent)) == {"existing": "kept"}
-    # Without baggage in the parent (the usual request), the ids alone, copied.
-    fresh = with_tenant_baggage(ids, context.Context())
-    ids["account_id"] = "changed afterwards"
-    assert dict(baggage.get_all(fresh)) == {**ids, "account_id": "acct-1"}
+
+def test_a_rejected_header_is_said_once_a_minute_not_per_request(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(20):
+        client.get("/items/1", headers={"X-Account-Id": "bad id", "X-Session-Id": "bad id"})
+
+    warnings = [r for r in caplog.records if r.name.endswith("telemetry.middleware")]
+    assert sorted(str(getattr(r, "header", "")) for r in warnings) == ["account_id", "session_id"]
+    assert all("bad id" not in r.getMessage() for r in warnings)  # the value is not repeated

@@ -6,6 +6,8 @@ and as `python -m {{ cookiecutter.package_name }}`.
 
 from __future__ import annotations
 
+import argparse
+
 import uvicorn
 
 from .app import create_app
@@ -13,9 +15,18 @@ from .settings import Settings
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve {{ cookiecutter.project_name }}.")
+    parser.add_argument(
+        "--reload", action="store_true", help="restart when the code changes (development)"
+    )
+    reload: bool = parser.parse_args().reload
     settings = Settings()
     uvicorn.run(
-        create_app(settings),
+        # Reloading needs an import string: each restart builds the app anew.
+        "{{ cookiecutter.package_name }}.app:create_app" if reload else create_app(settings),
+        factory=reload,
+        reload=reload,
+        reload_dirs=["src"] if reload else None,
         host=settings.host,
         port=settings.port,
         # One process per container (scale with replicas, or use gunicorn.conf.py for workers).
@@ -24,7 +35,7 @@ def main() -> None:
         workers=1,
         # Logging is configured by the app (console in development, JSON lines in production).
         log_config=None,
-        # The SERVER span and the duration histogram already record every request.
+        # The service writes its own request lines (ACCESS_LOG), with the route and tenant ids.
         access_log=False,
     )
 

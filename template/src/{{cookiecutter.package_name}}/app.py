@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import gc
-import time
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import logfire
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry{% if cookiecutter.metrics_separate_port %}, start_http_server{% endif %}
+{%- if cookiecutter.metrics_separate_port %}
+from prometheus_client import start_http_server
+{%- endif %}
 
 from . import __version__
 from .api import {% if cookiecutter.with_pydantic_ai %}agent, {% endif %}health, items{% if cookiecutter.with_sqlalchemy %}, notes{% endif %}
@@ -19,19 +20,16 @@ from .db import Database
 {%- endif %}
 from .settings import Settings
 from .telemetry import configure_telemetry
-from .telemetry.events import EventLog
-from .telemetry.metrics import http_metrics, {% if not cookiecutter.metrics_separate_port %}metrics_endpoint, {% endif %}multiprocess_dir
+from .telemetry.metrics import {% if cookiecutter.metrics_separate_port %}multiprocess_dir{% else %}metrics_endpoint{% endif %}
 from .telemetry.middleware import TelemetryMiddleware
+from .telemetry.openapi import document_tenant_headers
 from .telemetry.tenant import TenantHeaders
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace import SpanProcessor
 
-{% if cookiecutter.metrics_separate_port %}    from .telemetry.metrics import HttpMetrics
-{% endif %}    from .telemetry.spans import RequestSpans
-
-events = EventLog(__name__)
+logger = logging.getLogger(__name__)
 
 # Probes and scrapes: not traced, not counted.
 UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -45,26 +43,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await database.create_schema()
 {%- endif %}
 {%- if cookiecutter.metrics_separate_port %}
-    metrics: HttpMetrics = app.state.metrics
     # Under gunicorn (multiprocess mode) the master serves the merged metrics of all workers on
     # METRICS_PORT (gunicorn.conf.py): a worker must not take the port.
     metrics_server = (
-        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)[0]
-        if metrics.multiprocess_dir is None
+        start_http_server(settings.metrics_port, addr=settings.host)[0]
+        if multiprocess_dir() is None
         else None
     )
 {%- endif %}
-    # What startup built (modules, the app, Logfire's and OpenTelemetry's machinery) lives as long
-    # as the process. Frozen, it is no longer walked by every full garbage collection under load
-    # (bench/run.py: production p99 about a third lower).
-    gc.freeze()
     app.state.ready = True
-    events.info("service.started", environment=settings.environment)
+    logger.info("service.started", extra={"environment": settings.environment})
     try:
         yield
     finally:
         app.state.ready = False
-        events.info("service.stopping")
+        logger.info("service.stopping")
 {%- if cookiecutter.with_sqlalchemy %}
         await database.dispose()
 {%- endif %}
@@ -74,14 +67,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics_server.server_close()
 {%- endif %}
         # uvicorn re-raises SIGTERM once shutdown is done, so atexit hooks never run: without this
-        # flush the last spans, logs and metrics would be lost. Bounded, both flushes together:
-        # the collector may be down.
-        deadline = time.monotonic() + settings.shutdown_flush_timeout_seconds
-        request_spans: RequestSpans | None = app.state.request_spans
-        if request_spans is not None:
-            request_spans.force_flush(int(settings.shutdown_flush_timeout_seconds * 1000))
-        remaining_millis = int(max(0.0, deadline - time.monotonic()) * 1000)
-        logfire.force_flush(timeout_millis=remaining_millis)
+        # flush the last spans, logs and metrics would be lost. Bounded: the collector may be down.
+        logfire.force_flush(timeout_millis=int(settings.shutdown_flush_timeout_seconds * 1000))
 
 
 def create_app(
@@ -92,15 +79,10 @@ def create_app(
 ) -> FastAPI:
     """Build the service. Tests pass in-memory span processors / metric readers (see tests/)."""
     settings = settings or Settings()
-    request_spans = configure_telemetry(
+    policy = configure_telemetry(
         settings,
         additional_span_processors=additional_span_processors,
         metric_readers=metric_readers,
-    )
-    metrics = http_metrics(
-        CollectorRegistry(),
-        max_accounts=settings.tenant_metrics_max_accounts,
-        multiprocess_dir=multiprocess_dir(),
     )
 
     app = FastAPI(
@@ -122,8 +104,6 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.request_spans = request_spans
     app.state.ready = False
 {%- if cookiecutter.with_sqlalchemy %}
     app.state.database = Database(settings.database_url)
@@ -142,16 +122,17 @@ def create_app(
 {%- endif %}
 {%- if not cookiecutter.metrics_separate_port %}
     # A plain route, not a mount: a mounted ASGI app answers /metrics with a 307 to /metrics/.
-    app.add_route("/metrics", metrics_endpoint(metrics), include_in_schema=False)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
 {%- endif %}
+    document_tenant_headers(app, settings.tenant_headers)
     app.add_middleware(
         TelemetryMiddleware,
-        metrics=metrics,
         tenant_headers=TenantHeaders.from_names(
             settings.tenant_headers, max_length=settings.tenant_id_max_length
         ),
+        policy=policy,
+        max_accounts=settings.tenant_metrics_max_accounts,
+        access_log=settings.effective_access_log,
         untraced_paths=UNTRACED_PATHS,
-        sample_rate=settings.trace_sample_rate,
-        request_spans=request_spans,
     )
     return app

@@ -9,9 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "production", "test"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-RequestSpanPath = Literal["direct", "logfire"]
 
-# Head-sampling rate per environment when LOGFIRE_TRACE_SAMPLE_RATE is not set.
+# Share of ordinary traces exported per environment when LOGFIRE_TRACE_SAMPLE_RATE is not set
+# (failed and slow requests are always exported).
 DEFAULT_SAMPLE_RATES: dict[Environment, float] = {
     "development": 1.0,
     "production": 0.1,
@@ -46,19 +46,23 @@ class Settings(BaseSettings):
         default=None,
         ge=0.0,
         le=1.0,
-        description="Head-sampling rate for traces; defaults to 1.0, or 0.1 in production.",
+        description=(
+            "Share of ordinary traces exported; defaults to 1.0, or 0.1 in production. Failed "
+            "and slow requests are always exported."
+        ),
+    )
+    slow_request_seconds: float = Field(
+        default={{ cookiecutter.slo_latency_threshold_seconds }},
+        gt=0.0,
+        description="A request slower than this is always traced (the latency SLO threshold).",
+    )
+    access_log: bool | None = Field(
+        default=None,
+        description="One log line per request; defaults to on in development only.",
     )
     distributed_tracing: bool = Field(
         default=True,
         description="Continue traces from an incoming W3C `traceparent` header.",
-    )
-    request_spans: RequestSpanPath | None = Field(
-        default=None,
-        description=(
-            "How a traced request's SERVER span and log records are built: `direct` (telemetry/"
-            "spans.py) or `logfire` (Logfire's tracer). Defaults to logfire in development, whose "
-            "console prints Logfire's spans, and when LOGFIRE_TOKEN is set; direct otherwise."
-        ),
     )
     shutdown_flush_timeout_seconds: float = Field(default=5.0, gt=0.0)
 
@@ -85,6 +89,12 @@ class Settings(BaseSettings):
         if self.logfire_trace_sample_rate is not None:
             return self.logfire_trace_sample_rate
         return DEFAULT_SAMPLE_RATES[self.environment]
+
+    @property
+    def effective_access_log(self) -> bool:
+        if self.access_log is not None:
+            return self.access_log
+        return self.environment == "development"
 
     @property
     def effective_log_level(self) -> LogLevel:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel
 
-from ..telemetry.events import EventLog
-
-events = EventLog(__name__)
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/items", tags=["items"])
 
 
@@ -29,5 +29,5 @@ async def get_item(item_id: int) -> Item:
     if item is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="item not found")
     # Event names are `category.action`; fields are fields, never formatted into the name.
-    events.info("item.fetched", item_id=item_id)
+    logger.info("item.fetched", extra={"item_id": item_id})
     return item

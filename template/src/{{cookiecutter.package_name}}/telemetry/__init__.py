@@ -1,4 +1,4 @@
-"""Everything the service emits about itself: traces, logs and metrics."""
+"""Everything the service emits about itself: traces, logs and metrics (read README.md first)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 {% if cookiecutter.with_httpx or cookiecutter.with_sqlalchemy or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics -%}
 from .instrumentations import instrument_libraries
 {% endif -%}
-from .logfire_config import configure_logfire
+from .logfire_config import TracePolicy, configure_logfire
 from .logs import configure_logging
-from .spans import RequestSpans, request_spans_for
+from .tenant import current_tenant
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -18,24 +18,27 @@ if TYPE_CHECKING:
 
     from ..settings import Settings
 
+__all__ = ["TracePolicy", "configure_telemetry", "current_tenant"]
+
 
 def configure_telemetry(
     settings: Settings,
     *,
     additional_span_processors: Sequence[SpanProcessor] = (),
     metric_readers: Sequence[MetricReader] = (),
-) -> RequestSpans | None:
-    """Configure Logfire, libraries and logging; the direct path for request spans, if on."""
+) -> TracePolicy:
+    """Configure Logfire, the instrumented libraries and logging; returns the trace policy."""
+    policy = TracePolicy(
+        rate=settings.trace_sample_rate, slow_seconds=settings.slow_request_seconds
+    )
     configure_logfire(
         settings,
+        policy,
         additional_span_processors=additional_span_processors,
         metric_readers=metric_readers,
-    )
-    request_spans = request_spans_for(
-        settings, additional_span_processors, server_scope=f"{__package__}.middleware"
     )
 {%- if cookiecutter.with_httpx or cookiecutter.with_sqlalchemy or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics %}
     instrument_libraries()
 {%- endif %}
-    configure_logging(settings, request_spans)
-    return request_spans
+    configure_logging(settings.effective_log_level, json_lines=settings.environment == "production")
+    return policy

@@ -1,17 +1,23 @@
-"""Logfire (OpenTelemetry) configuration: where spans go, how many, and what gets scrubbed."""
+"""Logfire (OpenTelemetry) configuration: where it goes, which traces are kept, what is scrubbed.
+
+Export needs no code here: with LOGFIRE_TOKEN Logfire ships to its backend, with
+OTEL_EXPORTER_OTLP_ENDPOINT (or the per-signal variables) `logfire.configure` installs the
+OpenTelemetry SDK's OTLP exporters itself, and in development its console prints everything.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import logfire
 from opentelemetry.propagate import set_global_textmap
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
-from .sampling import HeadSampler
 from .tenant import TENANT_ATTRIBUTES
 
 if TYPE_CHECKING:
@@ -32,10 +38,34 @@ SERVICE_NAME = "{{ cookiecutter.project_slug }}"
 # OpenTelemetry's default is 10 s per export attempt, retried until that deadline: with the
 # collector down, shutdown would hang that long. 2 s bounds it (override with the same variable).
 DEFAULT_OTLP_TIMEOUT_SECONDS = "2"
-# The export thread encodes a whole batch while holding the GIL, in 5 ms slices: 512 spans (the
-# default) stall the event loop for tens of ms, which showed as p99. 64 keeps each stall short
-# (bench/run.py: production p99 about halved, same CPU per request).
-DEFAULT_EXPORT_BATCH_SIZE = "64"
+
+
+@dataclass(frozen=True, slots=True)
+class TracePolicy:
+    """Which traces leave the process: every failed or slow one, and `rate` of the others.
+
+    Logfire's tail sampling decides once a trace is over: a trace with an error-level span or log
+    (a 5xx response, an exception, `logger.error`) or one longer than `slow_seconds` is exported
+    whole, the rest with probability `rate`, chosen by trace id.
+    """
+
+    rate: float
+    slow_seconds: float
+
+    def sampling_options(self) -> logfire.SamplingOptions:
+        return logfire.SamplingOptions.level_or_duration(
+            level_threshold="error",
+            duration_threshold=self.slow_seconds,
+            background_rate=self.rate,
+        )
+
+    def keeps(self, trace_id: int, *, failed: bool, duration: float) -> bool:
+        """Whether a request's trace is exported: the metrics link only to traces that exist."""
+        if failed or duration > self.slow_seconds:
+            return True
+        # The same test Logfire applies to a trace id for the background rate.
+        limit = TraceIdRatioBased.get_bound_for_rate(self.rate)
+        return (trace_id & TraceIdRatioBased.TRACE_ID_LIMIT) < limit
 
 
 def keep_tenant_ids(match: logfire.ScrubMatch) -> Any:
@@ -48,17 +78,16 @@ def keep_tenant_ids(match: logfire.ScrubMatch) -> Any:
 
 def configure_logfire(
     settings: Settings,
+    policy: TracePolicy,
     *,
     additional_span_processors: Sequence[SpanProcessor] = (),
     metric_readers: Sequence[MetricReader] = (),
 ) -> None:
     """Configure Logfire for this process; tests pass their in-memory exporter and reader here."""
     os.environ.setdefault("OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_OTLP_TIMEOUT_SECONDS)
-    os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", DEFAULT_EXPORT_BATCH_SIZE)
     # Only W3C tracecontext crosses the process boundary. The default propagator also reads the
     # `baggage` header, which would let any client set `account_id` (or anything) on our spans.
     set_global_textmap(TraceContextTextMapPropagator())
-    development = settings.environment == "development"
     level = LOGFIRE_LEVELS[settings.effective_log_level]
     logfire.configure(
         # Runs without a token and without network; LOGFIRE_TOKEN or OTEL_EXPORTER_OTLP_ENDPOINT
@@ -68,10 +97,10 @@ def configure_logfire(
         service_version=__version__,
         environment=settings.environment,
         console=logfire.ConsoleOptions(min_log_level=level, show_project_link=False)
-        if development
+        if settings.environment == "development"
         else False,
         min_level=level,
-        sampling=logfire.SamplingOptions(head=HeadSampler(settings.trace_sample_rate)),
+        sampling=policy.sampling_options(),
         scrubbing=logfire.ScrubbingOptions(callback=keep_tenant_ids),
         distributed_tracing=settings.distributed_tracing,
         # No source inspection of `logfire.info(f"...")` calls: it costs on every call.

@@ -1,35 +1,65 @@
-"""The request hot path: ONE pure-ASGI layer for tenant context, the SERVER span and RED metrics.
+"""The request path: ONE pure-ASGI layer for tenant context, the SERVER span and RED metrics.
 
-Everything per request happens here, in a single pass, so its cost is easy to see and to tune:
-- one loop over the request headers picks up tenant ids, `traceparent`/`tracestate` and `baggage`;
-- an incoming `baggage` header is removed: clients must not be able to set span attributes;
-- tenant ids go into a context variable for the JSON log lines and, when the request is traced,
-  into OTel baggage, which Logfire copies onto every span and log of the request;
-- one SERVER span named after the route template, read from `scope["route"]` once the router ran:
-  built finished by spans.py once the request is over (the direct path), or started and ended
-  through Logfire's tracer;
-- an unsampled request skips all attribute, span and exemplar work.
+Per request, in this order:
+- one pass over the headers picks up the tenant ids (validated), `traceparent`/`tracestate`, and
+  removes an incoming `baggage` header: clients must not be able to set span attributes;
+- the tenant ids become baggage (`logfire.set_baggage`), which Logfire copies onto every span and
+  log of the request;
+- one SERVER span through Logfire's tracer, renamed after the route template once the router ran
+  (`GET /items/{item_id}`), with the HTTP semantic-convention attributes;
+- a log line for every 5xx or exception (and for every request with ACCESS_LOG on), and the RED
+  metrics, labelled by route template. Probes and scrapes are left out of all of it.
 """
 
 from __future__ import annotations
 
-from time import perf_counter, time_ns
+import logging
+import time
 from typing import TYPE_CHECKING
 
+import logfire
 from opentelemetry import context, propagate, trace
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
-from .metrics import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE, HttpMetrics
-from .sampling import decide, mark_sampled, request_span
-from .spans import error_type, server_span_message, server_span_name
-from .tenant import TenantHeaders, reset_request_tenant, set_request_tenant, with_tenant_baggage
+from .metrics import (
+    ACTIVE_REQUESTS,
+    HEADER_REJECTIONS,
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    REQUEST_DURATION,
+    TENANT_REQUESTS,
+    UNMATCHED_ROUTE,
+    AccountLabels,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from .spans import RequestSpans
+    from .logfire_config import TracePolicy
+    from .tenant import TenantHeaders
+
+logger = logging.getLogger(__name__)
+# A client sending bad tenant headers on every request gets one warning per header per minute.
+REJECTION_LOG_INTERVAL_SECONDS = 60.0
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's template; FastAPI's own pages (/docs, /openapi.json) by their path."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    if scope.get("endpoint") is not None and not scope.get("path_params"):
+        return str(scope["path"])
+    return None
+
+
+def error_type(status: int, error: BaseException | None) -> str | None:
+    """The semantic conventions' `error.type`: the exception's class, else a 5xx status."""
+    if error is not None:
+        return type(error).__qualname__
+    return str(status) if status >= 500 else None
 
 
 class TelemetryMiddleware:
@@ -37,22 +67,20 @@ class TelemetryMiddleware:
         self,
         app: ASGIApp,
         *,
-        metrics: HttpMetrics,
         tenant_headers: TenantHeaders,
+        policy: TracePolicy,
+        max_accounts: int,
+        access_log: bool = False,
         untraced_paths: Iterable[str] = (),
-        sample_rate: float = 1.0,
-        request_spans: RequestSpans | None = None,
     ) -> None:
         self.app = app
-        self.metrics = metrics
         self.tenant_headers = tenant_headers
-        # Probes and scrapes are neither traced nor counted: they would drown the real traffic.
+        self.policy = policy
+        self.accounts = AccountLabels(max_accounts)
+        self.access_log = access_log
         self.untraced_paths = frozenset(untraced_paths)
         self.tracer = trace.get_tracer(__name__)
-        # Head sampling happens here, not in start_span: see sampling.py for why.
-        self.sample_rate = sample_rate
-        # None: the SERVER span goes through Logfire's tracer (see spans.py for when).
-        self.request_spans = request_spans
+        self._last_rejection_log: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.untraced_paths:
@@ -60,63 +88,25 @@ class TelemetryMiddleware:
             return
 
         tenant: dict[str, str] = {}
-        carrier: dict[str, str] | None = None
-        has_baggage = False
-        by_header = self.tenant_headers.by_header
+        carrier: dict[str, str] = {}
+        headers = []
         for name, value in scope["headers"]:
-            attribute = by_header.get(name)
+            attribute = self.tenant_headers.by_header.get(name)
             if attribute is not None:
                 tenant_id = self.tenant_headers.accept(value)
-                if tenant_id is not None:
-                    tenant.setdefault(attribute, tenant_id)
+                if tenant_id is None:
+                    self._rejected(attribute)
                 else:
-                    self.metrics.header_rejections.labels(attribute).inc()
-            elif name == b"traceparent" or name == b"tracestate":
-                if carrier is None:
-                    carrier = {}
+                    tenant.setdefault(attribute, tenant_id)
+            elif name in (b"traceparent", b"tracestate"):
                 carrier[name.decode("ascii")] = value.decode("latin-1")
             elif name == b"baggage":
-                has_baggage = True
-        if has_baggage:
-            scope = dict(scope)
-            scope["headers"] = [h for h in scope["headers"] if h[0] != b"baggage"]
+                continue
+            headers.append((name, value))
+        scope = {**scope, "headers": headers}
 
-        # The global propagator is W3C tracecontext only (logfire_config.py); Logfire wraps it so
-        # that DISTRIBUTED_TRACING=false ignores incoming trace ids.
-        ctx = propagate.extract(carrier) if carrier is not None else context.get_current()
         method: str = scope["method"]
-        method_original: str | None = None
-        if method not in KNOWN_METHODS:
-            # Metrics and span names see `_OTHER`; the span keeps what the client sent as well.
-            method, method_original = OTHER_METHOD, method
-        # An empty context (the usual case: no incoming trace) has no span to look up.
-        parent = trace.get_current_span(ctx).get_span_context() if ctx else INVALID_SPAN_CONTEXT
-        span: trace.Span
-        sampled = decide(self.sample_rate, parent)
-        # Set: this request's spans take the direct path (spans.py).
-        request_spans = self.request_spans if sampled else None
-        # Set: a real span, started and ended through Logfire's tracer.
-        through_logfire = sampled and request_spans is None
-        if sampled and tenant:
-            # Logfire copies baggage onto every span and log of a recorded trace; an unsampled
-            # one records nothing, so it skips building the baggage.
-            ctx = with_tenant_baggage(tenant, ctx)
-        if through_logfire:
-            # The route is only known once the router ran: the span is renamed then. Until
-            # that, the message shows the raw path (Logfire's console prints spans at start).
-            span = self.tracer.start_span(
-                method,
-                context=mark_sampled(ctx),
-                kind=SpanKind.SERVER,
-                attributes={
-                    "logfire.msg": server_span_message(method, method_original, scope["path"])
-                },
-            )
-        else:
-            span = request_span(parent, sampled=sampled)
-        token = context.attach(trace.set_span_in_context(span, ctx))
-        tenant_token = set_request_tenant(tenant) if tenant else None
-        self.metrics.request_started(method)
+        known_method = method if method in KNOWN_METHODS else OTHER_METHOD
         status = 500
         error: BaseException | None = None
 
@@ -126,69 +116,94 @@ class TelemetryMiddleware:
                 status = message["status"]
             await send(message)
 
-        start_ns = time_ns() if request_spans is not None else 0
-        start = perf_counter()
-        try:
-            await self.app(scope, receive, send_with_status)
-        except BaseException as exc:
-            if through_logfire:
-                span.record_exception(exc)
-            error = exc
-            raise
-        finally:
-            duration = perf_counter() - start
-            route: str | None = getattr(scope.get("route"), "path", None)
-            # Sampled requests only: the duration histogram links to their trace.
-            exemplar_trace_id: str | None = None
-            if request_spans is not None:
-                span_context = span.get_span_context()
-                request_spans.end_server_span(
-                    span_context,
-                    parent,
-                    method=method,
-                    method_original=method_original,
-                    route=route,
-                    status=status,
-                    path=scope["path"],
-                    scheme=scope["scheme"],
-                    http_version=scope["http_version"],
-                    tenant=tenant,
-                    start=start_ns,
-                    end=start_ns + int(duration * 1e9),
-                    error=error,
-                )
-                exemplar_trace_id = format(span_context.trace_id, "032x")
-            elif through_logfire:
-                span.update_name(server_span_name(method, route))
-                span.set_attributes(
-                    {
-                        "logfire.msg": server_span_message(method, method_original, scope["path"]),
-                        "http.request.method": method,
-                        "http.response.status_code": status,
-                        "url.path": scope["path"],
-                        "url.scheme": scope["scheme"],
-                        "network.protocol.version": scope["http_version"],
-                    }
-                )
-                if route:
-                    span.set_attribute("http.route", route)
-                if method_original is not None:
-                    span.set_attribute("http.request.method_original", method_original)
-                failed_as = error_type(status, error)
-                if failed_as is not None:
-                    span.set_attribute("error.type", failed_as)
-                    span.set_status(StatusCode.ERROR)
-                exemplar_trace_id = format(span.get_span_context().trace_id, "032x")
-            self.metrics.request_finished(
-                method,
-                route or UNMATCHED_ROUTE,
-                status,
-                duration,
-                tenant.get("account_id"),
-                exemplar_trace_id,
+        with logfire.set_baggage(**tenant):
+            # The global propagator is W3C tracecontext only (logfire_config.py); Logfire wraps it
+            # so that DISTRIBUTED_TRACING=false ignores incoming trace ids.
+            parent = propagate.extract(carrier, context.get_current()) if carrier else None
+            with self.tracer.start_as_current_span(
+                # Until the router has run, the span shows the raw path (the console prints it).
+                known_method if known_method != OTHER_METHOD else "HTTP",
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"logfire.msg": f"{method} {scope['path']}"},
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                active = ACTIVE_REQUESTS.labels(known_method)
+                active.inc()
+                start = time.perf_counter()
+                try:
+                    await self.app(scope, receive, send_with_status)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    duration = time.perf_counter() - start
+                    active.dec()
+                    self._finish(span, scope, known_method, status, error, duration, tenant)
+
+    def _finish(
+        self,
+        span: trace.Span,
+        scope: Scope,
+        method: str,
+        status: int,
+        error: BaseException | None,
+        duration: float,
+        tenant: dict[str, str],
+    ) -> None:
+        route = route_template(scope)
+        span_method = method if method != OTHER_METHOD else "HTTP"
+        span.update_name(f"{span_method} {route}" if route else span_method)
+        span.set_attributes(
+            {
+                "http.request.method": method,
+                "http.response.status_code": status,
+                "url.path": scope["path"],
+                "url.scheme": scope["scheme"],
+                "network.protocol.version": scope["http_version"],
+            }
+        )
+        if route:
+            span.set_attribute("http.route", route)
+        if method == OTHER_METHOD:
+            span.set_attribute("http.request.method_original", scope["method"])
+        failed_as = error_type(status, error)
+        if failed_as is not None:
+            span.set_attribute("error.type", failed_as)
+            span.set_status(StatusCode.ERROR)
+            if error is not None:
+                span.record_exception(error)
+
+        if failed_as is not None or self.access_log:
+            # `GET /items/{item_id} 404 in 1.2 ms account_id=acct-42`: readable on the console;
+            # the JSON line and the Logfire log carry the same facts as fields.
+            line = (scope["method"], route or scope["path"], status, duration * 1000)
+            ids = "".join(f" {name}={value}" for name, value in tenant.items())
+            fields = {"http.route": route, "http.response.status_code": status}
+            if failed_as is not None:
+                fields["error.type"] = failed_as
+                logger.error("%s %s %d in %.1f ms%s", *line, ids, exc_info=error, extra=fields)
+            else:
+                logger.info("%s %s %d in %.1f ms%s", *line, ids, extra=fields)
+
+        trace_id = span.get_span_context().trace_id
+        keep = self.policy.keeps(trace_id, failed=failed_as is not None, duration=duration)
+        REQUEST_DURATION.labels(method, route or UNMATCHED_ROUTE, str(status)).observe(
+            duration, exemplar={"trace_id": format(trace_id, "032x")} if keep else None
+        )
+        outcome = "error" if status >= 500 or error is not None else "success"
+        TENANT_REQUESTS.labels(self.accounts.label(tenant.get("account_id")), outcome).inc()
+
+    def _rejected(self, attribute: str) -> None:
+        """Counts a dropped tenant header value, and says so at most once a minute per header."""
+        HEADER_REJECTIONS.labels(attribute).inc()
+        now = time.monotonic()
+        last = self._last_rejection_log.get(attribute)
+        if last is None or now - last >= REJECTION_LOG_INTERVAL_SECONDS:
+            self._last_rejection_log[attribute] = now
+            logger.warning(
+                "Dropped an invalid %s header value (see tenant_header_rejections_total)",
+                attribute,
+                extra={"header": attribute},
             )
-            if through_logfire:
-                span.end()
-            context.detach(token)
-            if tenant_token is not None:
-                reset_request_tenant(tenant_token)
