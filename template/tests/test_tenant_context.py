@@ -132,6 +132,8 @@ def test_a_rejected_header_is_said_once_a_minute_not_per_request(
     for _ in range(20):
         client.get("/items/1", headers={"X-Account-Id": "bad id", "X-Session-Id": "bad id"})
 
-    warnings = [r for r in caplog.records if r.name.endswith("telemetry.middleware")]
-    assert sorted(str(getattr(r, "header", "")) for r in warnings) == ["account_id", "session_id"]
-    assert all("bad id" not in r.getMessage() for r in warnings)  # the value is not repeated
+    warnings = [r.getMessage() for r in caplog.records if r.name.endswith("telemetry.middleware")]
+    assert sorted(warnings) == [
+        f"Dropped an invalid {name} header value (see tenant_header_rejections_total)"
+        for name in ("account_id", "session_id")
+    ]

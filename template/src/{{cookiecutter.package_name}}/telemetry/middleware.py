@@ -202,8 +202,8 @@ class TelemetryMiddleware:
         last = self._last_rejection_log.get(attribute)
         if last is None or now - last >= REJECTION_LOG_INTERVAL_SECONDS:
             self._last_rejection_log[attribute] = now
+            # The attribute name is in the message only: as a field value, `session_id` would
+            # be scrubbed (it looks like a credential to Logfire).
             logger.warning(
-                "Dropped an invalid %s header value (see tenant_header_rejections_total)",
-                attribute,
-                extra={"header": attribute},
+                "Dropped an invalid %s header value (see tenant_header_rejections_total)", attribute
             )
