@@ -81,6 +81,13 @@ class TelemetryMiddleware:
         self.untraced_paths = frozenset(untraced_paths)
         self.tracer = trace.get_tracer(__name__)
         self._last_rejection_log: dict[str, float] = {}
+        # Whole messages, not `%s` arguments: Logfire scrubs a log's arguments, and an argument
+        # `session_id` looks like a credential to it.
+        self._rejection_messages = {
+            attribute: f"Dropped an invalid {attribute} header value "
+            "(see tenant_header_rejections_total)"
+            for attribute in tenant_headers.by_header.values()
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.untraced_paths:
@@ -202,8 +209,4 @@ class TelemetryMiddleware:
         last = self._last_rejection_log.get(attribute)
         if last is None or now - last >= REJECTION_LOG_INTERVAL_SECONDS:
             self._last_rejection_log[attribute] = now
-            # The attribute name is in the message only: as a field value, `session_id` would
-            # be scrubbed (it looks like a credential to Logfire).
-            logger.warning(
-                "Dropped an invalid %s header value (see tenant_header_rejections_total)", attribute
-            )
+            logger.warning(self._rejection_messages[attribute])
