@@ -55,6 +55,12 @@ def route_template(scope: Scope) -> str | None:
     return None
 
 
+def span_name(method: str, route: str | None) -> str:
+    """`GET /items/{item_id}`; a method the conventions do not know is named `HTTP`."""
+    name = "HTTP" if method == OTHER_METHOD else method
+    return f"{name} {route}" if route else name
+
+
 def error_type(status: int, error: BaseException | None) -> str | None:
     """The semantic conventions' `error.type`: the exception's class, else a 5xx status."""
     if error is not None:
@@ -94,26 +100,8 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send)
             return
 
-        tenant: dict[str, str] = {}
-        carrier: dict[str, str] = {}
-        headers = []
-        for name, value in scope["headers"]:
-            attribute = self.tenant_headers.by_header.get(name)
-            if attribute is not None:
-                tenant_id = self.tenant_headers.accept(value)
-                if tenant_id is None:
-                    self._rejected(attribute)
-                else:
-                    tenant.setdefault(attribute, tenant_id)
-            elif name in (b"traceparent", b"tracestate"):
-                carrier[name.decode("ascii")] = value.decode("latin-1")
-            elif name == b"baggage":
-                continue
-            headers.append((name, value))
-        scope = {**scope, "headers": headers}
-
-        method: str = scope["method"]
-        known_method = method if method in KNOWN_METHODS else OTHER_METHOD
+        tenant, carrier, scope = self._read_headers(scope)
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
         status = 500
         error: BaseException | None = None
 
@@ -128,15 +116,15 @@ class TelemetryMiddleware:
             # so that DISTRIBUTED_TRACING=false ignores incoming trace ids.
             parent = propagate.extract(carrier, context.get_current()) if carrier else None
             with self.tracer.start_as_current_span(
-                # Until the router has run, the span shows the raw path (the console prints it).
-                known_method if known_method != OTHER_METHOD else "HTTP",
+                span_name(method, route=None),
                 context=parent,
                 kind=SpanKind.SERVER,
-                attributes={"logfire.msg": f"{method} {scope['path']}"},
+                # Until the router has run, the span shows the raw path (the console prints it).
+                attributes={"logfire.msg": f"{scope['method']} {scope['path']}"},
                 record_exception=False,
                 set_status_on_exception=False,
             ) as span:
-                active = ACTIVE_REQUESTS.labels(known_method)
+                active = ACTIVE_REQUESTS.labels(method)
                 active.inc()
                 start = time.perf_counter()
                 try:
@@ -147,7 +135,27 @@ class TelemetryMiddleware:
                 finally:
                     duration = time.perf_counter() - start
                     active.dec()
-                    self._finish(span, scope, known_method, status, error, duration, tenant)
+                    self._finish(span, scope, method, status, error, duration, tenant)
+
+    def _read_headers(self, scope: Scope) -> tuple[dict[str, str], dict[str, str], Scope]:
+        """The valid tenant ids, the trace context headers, and the scope without `baggage`."""
+        tenant: dict[str, str] = {}
+        carrier: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            attribute = self.tenant_headers.by_header.get(name)
+            if attribute is not None:
+                tenant_id = self.tenant_headers.accept(value)
+                if tenant_id is None:
+                    self._rejected(attribute)
+                else:
+                    tenant.setdefault(attribute, tenant_id)
+            elif name in (b"traceparent", b"tracestate"):
+                carrier[name.decode("ascii")] = value.decode("latin-1")
+            elif name == b"baggage":
+                # Never seen by the app or any instrumentation: clients set no span attributes.
+                headers = [header for header in scope["headers"] if header[0] != b"baggage"]
+                scope = {**scope, "headers": headers}
+        return tenant, carrier, scope
 
     def _finish(
         self,
@@ -160,8 +168,7 @@ class TelemetryMiddleware:
         tenant: dict[str, str],
     ) -> None:
         route = route_template(scope)
-        span_method = method if method != OTHER_METHOD else "HTTP"
-        span.update_name(f"{span_method} {route}" if route else span_method)
+        span.update_name(span_name(method, route))
         span.set_attributes(
             {
                 "http.request.method": method,
