@@ -4,11 +4,13 @@ Export happens in a background thread, so a dead collector must never fail or st
 the lifespan's flush is bounded by SHUTDOWN_FLUSH_TIMEOUT_SECONDS and each export attempt by
 OTEL_EXPORTER_OTLP_TIMEOUT, so SIGTERM ends the process in about their sum (the generated README
 documents 7 s with the defaults). Here both are short, and the process must be gone well before an
-unbounded flush (30 s by default) would let it go.
+unbounded flush (30 s by default) would let it go. What the exporter says about the dead collector
+comes out as JSON lines on stdout like every other record, never as plain text on stderr.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
 
@@ -49,3 +51,9 @@ def test_requests_succeed_and_shutdown_is_bounded_with_the_collector_down(
 
     assert stopped.returncode in (0, -signal.SIGTERM), str(stopped)
     assert "Application shutdown complete" in stopped.stdout, str(stopped)
+    # Production stdout is JSON lines only, the exporter's complaints and uvicorn's own included.
+    records = [json.loads(line) for line in stopped.stdout.splitlines() if line.strip()]
+    exporters = [r for r in records if r["logger"].startswith("opentelemetry.exporter")]
+    assert exporters, "the exporter did not say the collector is unreachable"
+    assert all(r["level"] in ("warning", "error") for r in exporters)
+    assert stopped.stderr.strip() == "", stopped.stderr

@@ -560,9 +560,11 @@ def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
     def recipe(target: str) -> str:
         return run(["make", "-n", target], project.path).stdout
 
-    package = project.answers["package_name"]
-    assert f"--factory {package}.app:create_app --reload" in recipe("dev")
-    assert f"--port {project.answers['http_port']}" in recipe("dev")
+    # The same console script as `make run`, reloading: the same console as `uv run <service>`.
+    assert recipe("dev").strip() == (
+        f"HOST=127.0.0.1 PORT={project.answers['http_port']} "
+        f"uv run {project.answers['project_slug']} --reload"
+    )
     assert recipe("run").strip() == f"uv run {project.answers['project_slug']}"
     assert recipe("bench").strip() == "uv run python bench/run.py"
     assert f"docker build --tag {project.answers['container_image']}:dev ." in recipe("docker-build")

@@ -15,15 +15,13 @@ from .settings import Settings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Serve {{ cookiecutter.project_name }}.")
-    parser.add_argument(
-        "--reload", action="store_true", help="restart when the code changes (development)"
-    )
+    parser = argparse.ArgumentParser(description="Serve the service with uvicorn.")
+    parser.add_argument("--reload", action="store_true", help="restart when the code changes")
     reload: bool = parser.parse_args().reload
     settings = Settings()
     uvicorn.run(
         # Reloading needs an import string: each restart builds the app anew.
-        "{{ cookiecutter.package_name }}.app:create_app" if reload else create_app(settings),
+        f"{__package__}.app:create_app" if reload else create_app(settings),
         factory=reload,
         reload=reload,
         reload_dirs=["src"] if reload else None,

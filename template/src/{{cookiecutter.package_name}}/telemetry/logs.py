@@ -75,7 +75,10 @@ def configure_logging(log_level: str, *, json_lines: bool) -> None:
     for chatty in ("asyncio", "httpcore", "aiosqlite", "multipart"):
         logging.getLogger(chatty).setLevel(logging.INFO)
 
-    handlers: list[logging.Handler] = [logfire.LogfireLoggingHandler()]
+    # Records Logfire must not turn into spans (its exporters' own, say) go to the handler's
+    # fallback, by default plain text on stderr: with JSON lines they are on stdout already.
+    fallback = logging.NullHandler() if json_lines else logging.StreamHandler()
+    handlers: list[logging.Handler] = [logfire.LogfireLoggingHandler(fallback=fallback)]
     if json_lines:
         to_stdout = logging.StreamHandler(sys.stdout)
         to_stdout.setFormatter(JsonLines())
