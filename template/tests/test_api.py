@@ -11,12 +11,6 @@ def test_healthz(client: TestClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
-def test_readyz_after_startup(client: TestClient) -> None:
-    response = client.get("/readyz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ready"}
-
-
 def test_get_item(client: TestClient) -> None:
     response = client.get("/items/1")
     assert response.status_code == 200

@@ -6,6 +6,9 @@ in a temporary directory with nothing persisted:
     with running_postgres() as dsn, running_redis() as url:
         ...
 
+    with postgres_server() as postgres:    # one that can be stopped, started, paused, resumed
+        postgres.stop(); postgres.start()
+
 PostgreSQL refuses to run as root: as root, its cluster belongs to the `postgres` user the
 package creates, and its programs run as that user (`runuser`), in a directory of its own under
 the system's temporary directory (pytest's are private to the user running the tests).
@@ -13,9 +16,11 @@ the system's temporary directory (pytest's are private to the user running the t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -81,9 +86,76 @@ def _serving(command: list[str], port: int, log: Path) -> Iterator[None]:
             process.wait()
 
 
+class PostgresServer:
+    """One throwaway cluster that a test can take down and bring back on the same port.
+
+    stop() is a fast shutdown (open sessions are ended, as when the database is restarted);
+    pause() freezes every server process, so a client's connection hangs instead of failing.
+    """
+
+    def __init__(self, home: Path, bin_dir: Path, as_user: list[str]) -> None:
+        self.home = home
+        self.data = home / "data"
+        self.port = free_port()
+        self.dsn = f"postgresql://service@127.0.0.1:{self.port}/postgres"
+        self._command = [
+            *as_user,
+            str(bin_dir / "postgres"),
+            *("-D", str(self.data), "-p", str(self.port), "-k", str(home)),
+            *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
+        ]
+        self._log = home / "server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as out:
+            self._process = subprocess.Popen(self._command, stdout=out, stderr=subprocess.STDOUT)
+        _wait_for_port(self.port, self._process, self._log)
+
+    def _postmaster_pid(self) -> int:
+        # The server's own pid (as root, the Popen's is runuser's): first line of postmaster.pid.
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def _server_pids(self) -> list[int]:
+        postmaster = self._postmaster_pid()
+        children = [
+            int(stat.parent.name)
+            for stat in Path("/proc").glob("[0-9]*/stat")
+            if _parent_pid(stat) == postmaster
+        ]
+        return [postmaster, *children]
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            os.kill(self._postmaster_pid(), signal.SIGINT)  # fast shutdown
+        try:
+            self._process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def pause(self) -> None:
+        for pid in self._server_pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._server_pids():
+            os.kill(pid, signal.SIGCONT)
+
+
+def _parent_pid(stat: Path) -> int | None:
+    try:
+        # Fields after the command name, which is in parentheses and may contain spaces.
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @contextmanager
-def running_postgres() -> Iterator[str]:
-    """A new cluster with a `service` superuser (trust auth, loopback only); yields its DSN."""
+def postgres_server() -> Iterator[PostgresServer]:
+    """A new cluster with a `service` superuser (trust auth, loopback only), running for the block."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
@@ -93,19 +165,28 @@ def running_postgres() -> Iterator[str]:
         if os.geteuid() == 0:
             shutil.chown(home, POSTGRES_USER)
             as_user = ["runuser", "-u", POSTGRES_USER, "--"]
-        data = home / "data"
-        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "service", "--auth=trust", "-E", "UTF8"]
+        initdb = [str(bin_dir / "initdb"), "-D", str(home / "data"), "-U", "service", "--auth=trust"]
         subprocess.run(
-            [*as_user, *initdb, "--no-sync", "--no-instructions"],
+            [*as_user, *initdb, "-E", "UTF8", "--no-sync", "--no-instructions"],
             check=True,
             capture_output=True,
             timeout=120,
         )
-        port = free_port()
-        server = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(home)]
-        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
-        with _serving([*as_user, *server, *settings], port, home / "server.log"):
-            yield f"postgresql://service@127.0.0.1:{port}/postgres"
+        server = PostgresServer(home, bin_dir, as_user)
+        server.start()
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                server.resume()
+            server.stop()
+
+
+@contextmanager
+def running_postgres() -> Iterator[str]:
+    """A new cluster (see postgres_server); yields its DSN."""
+    with postgres_server() as server:
+        yield server.dsn
 
 
 @contextmanager

@@ -105,9 +105,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.ready = False
+    # What /readyz checks (api/health.py): add one for each dependency a request cannot do without.
+    readiness_checks: dict[str, health.ReadinessCheck] = {}
 {%- if cookiecutter.with_sqlalchemy %}
     app.state.database = Database(settings.database_url)
+    readiness_checks["database"] = app.state.database.ping
 {%- endif %}
+    app.state.readiness_checks = readiness_checks
 {%- if cookiecutter.with_pydantic_ai %}
     app.state.agent = agent.build_agent(settings.ai_model)
 {%- endif %}

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///:memory:"
 {%- endif %}
+
+    # /readyz: each dependency check gets this long before it counts as failed. Shorter than the
+    # readiness probe's timeoutSeconds (2 s), so the kubelet reads which check failed.
+    readiness_timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
 {%- if cookiecutter.with_pydantic_ai %}
 
     ai_model: str = Field(
