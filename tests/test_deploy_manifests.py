@@ -260,7 +260,11 @@ def test_engines_render_identical_deploy_trees(generated: Generated) -> None:
 
 
 @pytest.mark.parametrize("engine", deploy.ENGINES)
-def test_no_deploy_folder_without_kubernetes_and_dashboard(generated: Generated, engine: str) -> None:
+def test_without_kubernetes_and_dashboard_only_the_rules_and_local_stack_stay(
+    generated: Generated, engine: str
+) -> None:
     assert variants.effective_flags("minimal")["with_kubernetes"] is False
     assert variants.effective_flags("minimal")["with_grafana_dashboard"] is False
-    assert not (generated(engine, "minimal") / "deploy").exists()
+    deploy_dir = generated(engine, "minimal") / "deploy"
+    assert sorted(path.name for path in deploy_dir.iterdir()) == ["README.md", "local", "prometheus"]
+    assert not (deploy_dir / "local" / "grafana" / "dashboards.yaml").exists()
