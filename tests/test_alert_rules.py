@@ -163,6 +163,13 @@ def test_every_alert_is_documented_and_tested(generated: Generated, variant: str
     project = generated("copier", variant)
     spec = spec_of(project)
     base = yaml.safe_load((project / ".copier-answers.yml").read_text())["runbook_base_url"]
+    expected = variants.answers(variant).get("runbook_base_url")
+    if expected is None:  # derived from the repository address
+        repository = variants.answers(variant).get("repository_url", "https://github.com/your-org/")
+        assert base.startswith(repository.rstrip("/") + "/") and base.endswith("/blob/main/docs/runbook.md")
+        assert "//blob" not in base
+    else:
+        assert base == expected
     anchors = deploy.github_anchors((project / "docs" / "runbook.md").read_text())
     unit_tests = yaml.safe_load((project / UNIT_TESTS).read_text())
     firing: set[str] = set()
