@@ -1,6 +1,7 @@
-"""The generated PrometheusRule: promtool accepts it, the unit tests the project ships pass and
-really cover every alert, every expression parses and reads only series that exist, and every
-alert is documented."""
+"""The generated rule file (deploy/prometheus/rules.yml) and the PrometheusRule that embeds it:
+promtool accepts them, the unit tests the project ships pass and really cover every alert, every
+expression parses and reads only series that exist, and every alert links to a runbook section
+that exists."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from prometheus_client.utils import floatToGoString
 
 Generated = Callable[[str, str], Path]
 
-RULE_FILE = Path("deploy/kubernetes/prometheusrule.yaml")
-TESTS_DIR = Path("deploy/kubernetes/tests")
+RULE_FILE = Path("deploy/prometheus/rules.yml")
+UNIT_TESTS = Path("deploy/prometheus/rules.test.yml")
+CHECK_SCRIPT = Path("deploy/prometheus/check.sh")
+MANIFEST = Path("deploy/kubernetes/prometheusrule.yaml")
 SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
-VARIANTS = deploy.KUBERNETES_VARIANTS
+VARIANTS = deploy.DEPLOY_VARIANTS
 # `> 0.05`, `> 2` or `> (14.4 * (1 - 99.9 / 100))`: an alert's threshold comparison.
 THRESHOLD = re.compile(r"\s*>\s*(\d+(\.\d+)?|\((?:[^()]|\([^()]*\))*\))")
 
@@ -31,7 +34,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def spec_of(project: Path) -> dict[str, Any]:
-    return prometheus.rule_groups(project / RULE_FILE)
+    spec: dict[str, Any] = yaml.safe_load((project / RULE_FILE).read_text(encoding="utf-8"))
+    return spec
 
 
 def alerts(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -46,16 +50,29 @@ def run_unit_tests(project: Path, spec: dict[str, Any], workdir: Path) -> subpro
     """The project's promtool unit tests against `spec` (its own rules, or a mutated copy)."""
     workdir.mkdir(parents=True, exist_ok=True)
     prometheus.write_rule_file(spec, workdir / "rules.yml")
-    shutil.copy(project / TESTS_DIR / "alerts.test.yml", workdir / "alerts.test.yml")
-    return prometheus.promtool("test", "rules", "alerts.test.yml", cwd=workdir)
+    shutil.copy(project / UNIT_TESTS, workdir / UNIT_TESTS.name)
+    return prometheus.promtool("test", "rules", UNIT_TESTS.name, cwd=workdir)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_engines_render_the_same_rules_and_tests(generated: Generated, variant: str) -> None:
-    for relative in (RULE_FILE, TESTS_DIR / "alerts.test.yml", TESTS_DIR / "run.sh"):
-        assert (generated("copier", variant) / relative).read_bytes() == (
-            generated("cookiecutter", variant) / relative
-        ).read_bytes(), relative
+    for relative in (RULE_FILE, UNIT_TESTS, CHECK_SCRIPT, MANIFEST):
+        copier_file, cookiecutter_file = (generated(engine, variant) / relative for engine in deploy.ENGINES)
+        assert copier_file.exists() == cookiecutter_file.exists(), relative
+        if copier_file.exists():
+            assert copier_file.read_bytes() == cookiecutter_file.read_bytes(), relative
+
+
+@pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
+def test_prometheusrule_embeds_the_rule_file(generated: Generated, variant: str) -> None:
+    """One source: the PrometheusRule's spec is the rule file the local Prometheus loads, byte for
+    byte once dedented (what check.sh and `make prometheusrule` rely on), and equal as YAML."""
+    project = generated("copier", variant)
+    manifest = (project / MANIFEST).read_text(encoding="utf-8")
+    body = manifest.partition("\nspec:\n")[2]
+    dedented = "".join(line.removeprefix("  ") for line in body.splitlines(keepends=True))
+    assert dedented == (project / RULE_FILE).read_text(encoding="utf-8")
+    assert prometheus.rule_groups(project / MANIFEST) == spec_of(project)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -80,19 +97,25 @@ def test_shipped_run_script_checks_and_tests_the_rules(
     # Run it from a copy, the way a developer runs it in their checkout (the shared output stays read-only).
     project = tmp_path / "project"
     shutil.copytree(generated(engine, "default") / "deploy", project / "deploy")
-    script = project / TESTS_DIR / "run.sh"
-    assert script.stat().st_mode & 0o111, "run.sh must be executable"
+    shutil.copy(generated(engine, "default") / "Makefile", project / "Makefile")
+    script = project / CHECK_SCRIPT
+    assert script.stat().st_mode & 0o111, "check.sh must be executable"
     result = subprocess.run([str(script)], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 25 rules found" in result.stdout
-    # The script's sed extraction gives exactly what a YAML parser sees in `spec`.
-    extracted = subprocess.run(
-        ["sed", "-e", "1,/^spec:$/d", "-e", "s/^  //", str(project / RULE_FILE)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert yaml.safe_load(extracted) == spec_of(project)
+    assert "spec is deploy/prometheus/rules.yml" in result.stdout
+    # An edit to the rule file alone makes the check fail until `make prometheusrule` copies it.
+    rules = project / RULE_FILE
+    rules.write_text(rules.read_text().replace("for: 15m", "for: 20m"))
+    stale = subprocess.run([str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert stale.returncode == 1 and "run make prometheusrule" in stale.stderr, stale.stdout + stale.stderr
+    copied = subprocess.run(
+        ["make", "prometheusrule"], cwd=project, capture_output=True, text=True, check=False
+    )
+    assert copied.returncode == 0, copied.stderr
+    assert "for: 20m" in (project / MANIFEST).read_text()
+    fresh = subprocess.run([str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
 
 
 def mutated_failures(project: Path, workdir: Path, mutate: Callable[[dict[str, Any]], None]) -> str:
@@ -139,13 +162,16 @@ def test_unit_tests_catch_alerts_that_always_fire(generated: Generated, tmp_path
 def test_every_alert_is_documented_and_tested(generated: Generated, variant: str) -> None:
     project = generated("copier", variant)
     spec = spec_of(project)
-    runbook = (project / "docs" / "runbook.md").read_text()
-    anchors = {
-        re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
-        for line in runbook.splitlines()
-        if line.startswith("## ")
-    }
-    unit_tests = yaml.safe_load((project / TESTS_DIR / "alerts.test.yml").read_text())
+    base = yaml.safe_load((project / ".copier-answers.yml").read_text())["runbook_base_url"]
+    expected = variants.answers(variant).get("runbook_base_url")
+    if expected is None:  # derived from the repository address
+        repository = variants.answers(variant).get("repository_url", "https://github.com/your-org/")
+        assert base.startswith(repository.rstrip("/") + "/") and base.endswith("/blob/main/docs/runbook.md")
+        assert "//blob" not in base
+    else:
+        assert base == expected
+    anchors = deploy.github_anchors((project / "docs" / "runbook.md").read_text())
+    unit_tests = yaml.safe_load((project / UNIT_TESTS).read_text())
     firing: set[str] = set()
     silent: set[str] = set()
     for case in unit_tests["tests"]:
@@ -157,10 +183,19 @@ def test_every_alert_is_documented_and_tested(generated: Generated, variant: str
         annotations = rule["annotations"]
         assert set(annotations) >= {"summary", "description", "runbook_url"}, name
         assert all(str(value).strip() for value in annotations.values()), name
+        # An absolute link (Alertmanager and chat cannot resolve a relative one) to a section that exists.
         page, _, anchor = annotations["runbook_url"].partition("#")
-        assert page == "docs/runbook.md" and anchor in anchors, f"{name}: no section #{anchor} in the runbook"
+        assert page == base, f"{name}: {page} is not the runbook_base_url answer"
+        assert anchor in anchors, f"{name}: no section #{anchor} in docs/runbook.md"
         assert name in firing, f"no unit test shows {name} firing"
         assert name in silent, f"no unit test shows {name} staying silent"
+
+
+def test_runbook_link_check_catches_a_missing_section() -> None:
+    markdown = "# Runbook\n\n## HighErrorRate\n\n## Pod: restarting (OOM)\n\n## HighErrorRate\n"
+    anchors = deploy.github_anchors(markdown)
+    assert anchors == {"runbook", "higherrorrate", "pod-restarting-oom", "higherrorrate-1"}
+    assert "higherrorrates" not in anchors
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

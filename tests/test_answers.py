@@ -76,6 +76,11 @@ REFUSED: list[tuple[str, dict[str, str], str]] = [
     ("url-with-token", {"logfire_project_url": "https://logfire.example/p?t=token"}, "logfire_project_url"),
     ("url-javascript", {"logfire_project_url": "javascript:alert(1)"}, "logfire_project_url"),
     ("slug-nested", {"project_slug": "team/service"}, "project_slug"),
+    ("repository-not-http", {"repository_url": "git@github.com:team/service.git"}, "repository_url"),
+    ("repository-credentials", {"repository_url": "https://bot:ghp_x@github.com/t/s"}, "repository_url"),
+    ("runbook-anchor", {"runbook_base_url": "https://wiki.example.com/runbook#top"}, "runbook_base_url"),
+    ("runbook-no-host", {"runbook_base_url": "https:///docs/runbook.md"}, "runbook_base_url"),
+    ("runbook-quote", {"runbook_base_url": 'https://wiki.example.com/"a'}, "runbook_base_url"),
     # Words YAML 1.1 (PyYAML, kubectl's parser) reads as booleans, null, numbers or dates: the
     # manifests write these answers unquoted, so they are refused.
     ("name-yaml-boolean", {"project_name": "On"}, "project_slug"),

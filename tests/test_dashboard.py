@@ -86,17 +86,8 @@ def test_every_query_parses_and_reads_known_series(generated: Generated, variant
     project = generated("copier", variant)
     queries = deploy.dashboard_queries(load(project))
     assert len(queries) >= 20
-    rule_file = project / "deploy" / "kubernetes" / "prometheusrule.yaml"
-    if rule_file.exists():
-        recorded = frozenset(
-            r["record"] for r in prometheus.rules(prometheus.rule_groups(rule_file)) if "record" in r
-        )
-    else:
-        # Without Kubernetes the rules are not generated: render them from the default variant.
-        default = generated("copier", "default") / "deploy" / "kubernetes" / "prometheusrule.yaml"
-        recorded = frozenset(
-            r["record"] for r in prometheus.rules(prometheus.rule_groups(default)) if "record" in r
-        )
+    rules = yaml.safe_load((project / "deploy" / "prometheus" / "rules.yml").read_text())
+    recorded = frozenset(r["record"] for r in prometheus.rules(rules) if "record" in r)
     for query in queries:
         problems = deploy.unknown_names(deploy.grafana_to_promql(query.expr), recorded)
         assert not problems, f"{query.panel} {query.ref_id}: {problems}"
@@ -133,7 +124,15 @@ def test_panels_cover_the_issue(generated: Generated, variant: str) -> None:
     assert some("http_server_active_requests"), "in progress"
     assert some("slo:sli_error:ratio_rate1h", "/ (1 - "), "SLO burn rate"
     assert some("1 - slo:sli_error:ratio_rate30d"), "remaining error budget"
-    assert some("process_cpu_seconds_total") and some("process_resident_memory_bytes"), "process CPU/memory"
+    # Totals add up every pod; saturation is shown pod by pod.
+    assert some("sum(increase(http_server_request_duration_seconds_count", "[$__range]"), "total requests"
+    for per_pod in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "http_server_active_requests",
+    ):
+        assert some("sum by (instance)", per_pod), f"{per_pod} per pod"
+    assert some("sum(up{"), "pods scraped"
     assert some("topk(", "tenant_requests_total", "account_id"), "bounded tenant breakdown"
     exemplars = [q for q in queries if q.target.get("exemplar")]
     assert exemplars and all("_bucket" in q.expr for q in exemplars), "exemplars on the latency histogram"

@@ -106,7 +106,9 @@ def test_no_kubernetes_leaves_no_manifests(generated: Generated, engine: str, va
     assert not (project / "deploy" / "kustomization.yaml").exists()
     assert not (project / "deploy" / "overlays").exists()
     assert not (project / "deploy" / "grafana" / "kustomization.yaml").exists()
-    assert not (project / "docs").exists(), "the runbook (docs/) only documents the Kubernetes alerts"
+    # The rules, their runbook and the local stack do not depend on Kubernetes.
+    assert (project / "deploy" / "prometheus" / "rules.yml").exists()
+    assert (project / "docs" / "runbook.md").exists()
     # The dashboard stays for manual import.
     json.loads((project / "deploy" / "grafana" / "dashboard.json").read_text())
 
@@ -285,10 +287,14 @@ def test_engines_render_identical_deploy_trees(generated: Generated) -> None:
 
 
 @pytest.mark.parametrize("engine", deploy.ENGINES)
-def test_no_deploy_folder_without_kubernetes_and_dashboard(generated: Generated, engine: str) -> None:
+def test_without_kubernetes_and_dashboard_only_the_rules_and_local_stack_stay(
+    generated: Generated, engine: str
+) -> None:
     assert variants.effective_flags("minimal")["with_kubernetes"] is False
     assert variants.effective_flags("minimal")["with_grafana_dashboard"] is False
-    assert not (generated(engine, "minimal") / "deploy").exists()
+    deploy_dir = generated(engine, "minimal") / "deploy"
+    assert sorted(path.name for path in deploy_dir.iterdir()) == ["README.md", "local", "prometheus"]
+    assert not (deploy_dir / "local" / "grafana" / "dashboards.yaml").exists()
 
 
 # --- rollouts, scaling and environments -----------------------------------------------------------

@@ -88,13 +88,10 @@ def test_slo_variant_renders_valid_rules_and_dashboard(
 ) -> None:
     project = generated("copier", variant)
     answers = effective(variant)
-    rule_file = project / "deploy" / "kubernetes" / "prometheusrule.yaml"
-    spec = prometheus.rule_groups(rule_file)
-    checked = prometheus.promtool("check", "rules", prometheus.write_rule_file(spec, tmp_path / "rules.yml"))
+    rule_file = project / "deploy" / "prometheus" / "rules.yml"
+    checked = prometheus.promtool("check", "rules", rule_file)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    tests = project / "deploy" / "kubernetes" / "tests" / "alerts.test.yml"
-    (tmp_path / "alerts.test.yml").write_bytes(tests.read_bytes())
-    tested = prometheus.promtool("test", "rules", "alerts.test.yml", cwd=tmp_path)
+    tested = prometheus.promtool("test", "rules", "rules.test.yml", cwd=rule_file.parent)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     for path in (project / "deploy").rglob("*.y*ml"):
         deploy.load_yaml_documents(path.read_text(encoding="utf-8"))

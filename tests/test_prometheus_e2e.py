@@ -1,6 +1,8 @@
 """End to end: the default service booted with uvicorn, a real Prometheus scraping it every second
-with the generated rules loaded, traffic with successes, 404s, 5xx, slow requests and tenants; then
-every dashboard query returns data and every recording and alerting rule evaluates cleanly.
+with the project's own local-stack configuration (deploy/local/prometheus.yml, targets and pace
+swapped in) and rule file (deploy/prometheus/rules.yml), traffic with successes, 404s, 5xx, slow
+requests and tenants; then every dashboard query returns data and every recording and alerting
+rule evaluates cleanly.
 
 The service gets two test-only routes (a failing and a slow one) from a wrapper module written into
 a temporary directory: the generated service itself has no debug routes.
@@ -104,8 +106,7 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
     answers = yaml.safe_load((project.root / ".copier-answers.yml").read_text())
     package, job = answers["package_name"], answers["project_slug"]
     (workdir / "e2e_app.py").write_text(WRAPPER.format(package=package, slow=SLOW_SECONDS))
-    spec = prometheus.rule_groups(project.root / "deploy" / "kubernetes" / "prometheusrule.yaml")
-    rule_file = prometheus.write_rule_file(spec, workdir / "rules.yml")
+    spec = yaml.safe_load((project.root / "deploy" / "prometheus" / "rules.yml").read_text())
     dashboard = json.loads((project.root / "deploy" / "grafana" / "dashboard.json").read_text())
 
     port = free_port()
@@ -119,8 +120,8 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
     with ServiceProcess([*args, "--host", "127.0.0.1"], cwd=project.root, env=env, port=port) as service:
         service.wait_ready()
         public_metrics = httpx.get(f"{service.url}/metrics", timeout=10).status_code
-        targets = {job: [f"127.0.0.1:{metrics_port}"]}
-        with prometheus.PrometheusServer(workdir / "prom", targets, [rule_file]) as prom:
+        _, config = prometheus.local_stack_config(project.root, [f"127.0.0.1:{metrics_port}"])
+        with prometheus.PrometheusServer(workdir / "prom", {}, base_config=config) as prom:
             # rate() needs a sample from before the traffic: wait for the first successful scrape.
             prom.wait_up([job])
             statuses = drive(service.url)

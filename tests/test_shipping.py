@@ -58,8 +58,11 @@ COMMON_TARGETS = {
     "check",
     "bench",
     "docker-build",
+    "up",
+    "down",
+    "rules-test",
 }
-KUBERNETES_TARGETS = {"k8s-render", "rules-test"}
+KUBERNETES_TARGETS = {"k8s-render", "prometheusrule"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,8 +483,13 @@ def test_workflow_checks_kubernetes_only_when_generated(project: Project) -> Non
     render = next(line for line in commands.splitlines() if "kubectl kustomize" in line)
     directory = shlex.split(render)[2]
     assert (project.path / directory / "kustomization.yaml").exists()
+
+
+def test_workflow_checks_the_rules(project: Project) -> None:
+    """The rules exist with or without Kubernetes; their check also compares the PrometheusRule."""
+    commands = steps_text(workflow(project)["jobs"]["rules"])
     assert "promtool" in commands
-    rule_tests = next(line for line in commands.splitlines() if "deploy/kubernetes/tests/run.sh" in line)
+    rule_tests = next(line for line in commands.splitlines() if "deploy/prometheus/check.sh" in line)
     assert (project.path / shlex.split(rule_tests)[-1]).exists()
 
 
@@ -568,6 +576,8 @@ def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
     assert recipe("run").strip() == f"uv run {project.answers['project_slug']}"
     assert recipe("bench").strip() == "uv run python bench/run.py"
     assert f"docker build --tag {project.answers['container_image']}:dev ." in recipe("docker-build")
+    assert "docker compose --file deploy/local/compose.yaml up --build --detach --wait" in recipe("up")
+    assert "docker compose --file deploy/local/compose.yaml down --volumes" in recipe("down")
 
 
 def test_make_k8s_render_builds_the_kustomize_base(k8s_project: Project) -> None:

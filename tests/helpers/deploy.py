@@ -52,6 +52,8 @@ KUBERNETES_METRICS: dict[str, frozenset[str]] = {
     ),
     "container_memory_working_set_bytes": frozenset({"namespace", "pod", "container", "image", "id", "name"}),
 }
+#: Series Prometheus itself records for every target.
+PROMETHEUS_METRICS: dict[str, frozenset[str]] = {"up": frozenset()}
 #: Labels the recording rules put on their series.
 RECORDED_LABELS = frozenset({"namespace", "job", "slo"})
 
@@ -153,7 +155,7 @@ def expr_names(expr: str) -> ExprNames:
 def unknown_names(expr: str, recorded: frozenset[str]) -> list[str]:
     """Metric or label names in `expr` that neither the service, Kubernetes nor a rule provides."""
     names = expr_names(expr)
-    known_metrics = {**SERVICE_METRICS, **KUBERNETES_METRICS}
+    known_metrics = {**SERVICE_METRICS, **KUBERNETES_METRICS, **PROMETHEUS_METRICS}
     problems: list[str] = []
     all_labels: set[str] = set(TARGET_LABELS | RECORDED_LABELS)
     for labels in known_metrics.values():
@@ -169,6 +171,25 @@ def unknown_names(expr: str, recorded: frozenset[str]) -> list[str]:
         problems += [f"label {label!r} on {selector.metric}" for label in sorted(selector.labels - allowed)]
     problems += [f"grouping label {label!r}" for label in sorted(names.grouping_labels - all_labels)]
     return problems
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a Markdown document's headings: lowercased, punctuation other than
+    `-` and `_` dropped, spaces turned into hyphens, repeated headings suffixed -1, -2, ..."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        match = None if in_code else re.match(r"#{1,6} +(.+?) *#* *$", line)
+        if not match:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
 
 
 # --- manifest validation ---------------------------------------------------------------------------

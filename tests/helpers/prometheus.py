@@ -6,6 +6,8 @@
 - `PrometheusServer` starts `prometheus` on 127.0.0.1 (free port, temporary config and data
   directory, 1 s scrape and rule evaluation), waits until it is ready, and wraps the HTTP API
   calls the tests need (instant queries, targets, rules, reload).
+- `local_stack_config(project, targets)` is a generated project's own local-stack configuration
+  (deploy/local/prometheus.yml) with only what the container network decides swapped out.
 """
 
 from __future__ import annotations
@@ -70,6 +72,30 @@ class PrometheusError(AssertionError):
     pass
 
 
+LOCAL_CONFIG = Path("deploy/local/prometheus.yml")
+
+
+def local_stack_config(
+    project: Path, targets: Sequence[str], interval: str = "1s"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The project's local-stack Prometheus configuration, ready to run on this machine.
+
+    Only three things change, each decided by the compose network or the test's pace: the
+    scrape target (`app:<port>` becomes the booted processes' addresses), the rule file path
+    (`rules/` is where compose mounts deploy/prometheus/) and the scrape and evaluation
+    intervals. Returns (the generated file as parsed, the configuration to run).
+    """
+    original: dict[str, Any] = yaml.safe_load((project / LOCAL_CONFIG).read_text(encoding="utf-8"))
+    config: dict[str, Any] = yaml.safe_load(yaml.safe_dump(original))
+    config["global"].update(scrape_interval=interval, evaluation_interval=interval)
+    assert config["rule_files"] == ["rules/rules.yml"], config["rule_files"]
+    config["rule_files"] = [str(project / "deploy" / "prometheus" / "rules.yml")]
+    (job,) = config["scrape_configs"]
+    (static,) = job["static_configs"]
+    static["targets"] = list(targets)
+    return original, config
+
+
 @dataclass
 class PrometheusServer:
     """`with PrometheusServer(workdir, targets={"job": ["127.0.0.1:8000"]}) as prom: prom.query(...)`."""
@@ -80,6 +106,8 @@ class PrometheusServer:
     interval: str = "1s"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: A complete configuration to run instead of the one built from `targets` and `rule_files`.
+    base_config: dict[str, Any] | None = None
 
     @property
     def url(self) -> str:
@@ -90,6 +118,8 @@ class PrometheusServer:
         return self.workdir / "prometheus.log"
 
     def config(self) -> dict[str, Any]:
+        if self.base_config is not None:
+            return self.base_config
         return {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
             "rule_files": [str(path) for path in self.rule_files],

@@ -89,6 +89,8 @@ register(
         "slo_latency_threshold_seconds": "1",
         "slo_latency_percent": "95",
         "logfire_project_url": "https://logfire.example.com/payments/ledger-api",
+        # A trailing slash: the derived runbook address must not get a double slash.
+        "repository_url": "https://git.example.com/payments/ledger-api/",
     },
 )
 register(
@@ -101,6 +103,7 @@ register(
         "slo_availability_percent": "99.99",
         "slo_latency_threshold_seconds": "0.1",
         "slo_latency_percent": "99.5",
+        "runbook_base_url": "https://wiki.example.com/team/ledger/runbook",
     },
 )
 
