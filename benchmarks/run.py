@@ -366,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     say(format_table(summary, comparisons))
     say(f"\nmedians of {args.rounds} interleaved rounds, wrk -c{args.connections}, {args.duration} s per run")
     if args.output:
-        args.output.write_text(json.dumps(report(args, argv, versions, summary, comparisons, runs), indent=2))
+        args.output.write_text(
+            json.dumps(report(args, argv, versions, summary, comparisons, runs), indent=2) + "\n"
+        )
         say(f"results in {args.output}")
     return 0
 

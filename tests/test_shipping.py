@@ -56,7 +56,6 @@ COMMON_TARGETS = {
     "format",
     "typecheck",
     "check",
-    "bench",
     "docker-build",
 }
 KUBERNETES_TARGETS = {"k8s-render", "rules-test"}
@@ -566,7 +565,6 @@ def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
         f"uv run {project.answers['project_slug']} --reload"
     )
     assert recipe("run").strip() == f"uv run {project.answers['project_slug']}"
-    assert recipe("bench").strip() == "uv run python bench/run.py"
     assert f"docker build --tag {project.answers['container_image']}:dev ." in recipe("docker-build")
 
 
