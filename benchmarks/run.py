@@ -101,16 +101,12 @@ def generate_service(workdir: Path) -> Service:
     run_copy(str(REPO), str(root), vcs_ref="HEAD", defaults=True, unsafe=False, quiet=True)
     env = clean_env(UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
     python_version = "{}.{}".format(*sys.version_info[:2])
-    subprocess.run(
-        ["uv", "sync", "--quiet", "--no-dev", "--python", python_version], cwd=root, env=env, check=True
-    )
+    # Compiled ahead, as the container image does (UV_COMPILE_BYTECODE=1).
+    sync = ["uv", "sync", "--quiet", "--no-dev", "--compile-bytecode", "--python", python_version]
+    subprocess.run(sync, cwd=root, env=env, check=True)
     python = root / ".venv" / "bin" / "python"
-    subprocess.run(
-        ["uv", "pip", "install", "--quiet", "--python", str(python), *EXTRA_PACKAGES],
-        cwd=root,
-        env=env,
-        check=True,
-    )
+    install = ["uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python)]
+    subprocess.run([*install, *EXTRA_PACKAGES], cwd=root, env=env, check=True)
     (script,) = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
     for app in ("bare.py", "diy.py"):
         shutil.copy(APPS / app, workdir / app)
@@ -196,6 +192,9 @@ def run_mode(mode: str, round_: int, args: argparse.Namespace, service: Service,
     """Boot one mode, warm it up, measure it under wrk, stop it."""
     port = free_port()
     env = clean_env(
+        # As the container image runs the service.
+        PYTHONUNBUFFERED="1",
+        PYTHONDONTWRITEBYTECODE="1",
         ENVIRONMENT="production",
         HOST="127.0.0.1",
         PORT=str(port),
