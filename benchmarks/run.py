@@ -55,7 +55,16 @@ TENANT_HEADERS = {
 }
 # Settings of the environment that must not reach the processes under test.
 LEAKY_PREFIXES = ("OTEL_", "LOGFIRE_", "UV_PROJECT_ENVIRONMENT")
-LEAKY_NAMES = {"VIRTUAL_ENV", "PYTHONPATH", "ENVIRONMENT", "LOG_LEVEL", "PORT", "HOST"}
+# PYTHONDONTWRITEBYTECODE would recompile every import at every boot (the image ships bytecode).
+LEAKY_NAMES = {
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "ENVIRONMENT",
+    "LOG_LEVEL",
+    "PORT",
+    "HOST",
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,8 @@ class Run:
     round: int
     load: Load
     cpu_us_per_request: float
+    # Share of one core the server used: well under 1 means it waited, e.g. on a busy machine.
+    cpu_busy: float
     export_bytes_per_request: float
 
 
@@ -101,11 +112,10 @@ def generate_service(workdir: Path) -> Service:
     run_copy(str(REPO), str(root), vcs_ref="HEAD", defaults=True, unsafe=False, quiet=True)
     env = clean_env(UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
     python_version = "{}.{}".format(*sys.version_info[:2])
-    # Compiled ahead, as the container image does (UV_COMPILE_BYTECODE=1).
-    sync = ["uv", "sync", "--quiet", "--no-dev", "--compile-bytecode", "--python", python_version]
+    sync = ["uv", "sync", "--quiet", "--no-dev", "--python", python_version]
     subprocess.run(sync, cwd=root, env=env, check=True)
     python = root / ".venv" / "bin" / "python"
-    install = ["uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python)]
+    install = ["uv", "pip", "install", "--quiet", "--python", str(python)]
     subprocess.run([*install, *EXTRA_PACKAGES], cwd=root, env=env, check=True)
     (script,) = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
     for app in ("bare.py", "diy.py"):
@@ -188,45 +198,53 @@ def run_wrk(url: str, seconds: int, connections: int) -> Load:
     return Load(int(requests.group(1)), float(rps.group(1)), float(p99.group(1)) * to_ms, errors)
 
 
-def run_mode(mode: str, round_: int, args: argparse.Namespace, service: Service, workdir: Path) -> Run:
-    """Boot one mode, warm it up, measure it under wrk, stop it."""
-    port = free_port()
+def start_mode(
+    mode: str, port: int, sink_url: str, service: Service, workdir: Path
+) -> subprocess.Popen[bytes]:
+    """The mode's server, set up as the container image runs the service; stdout and stderr to files."""
     env = clean_env(
-        # As the container image runs the service.
         PYTHONUNBUFFERED="1",
-        PYTHONDONTWRITEBYTECODE="1",
         ENVIRONMENT="production",
         HOST="127.0.0.1",
         PORT=str(port),
-        OTEL_EXPORTER_OTLP_ENDPOINT=args.sink_url,
+        OTEL_EXPORTER_OTLP_ENDPOINT=sink_url,
         **MODE_ENV[mode],
     )
     command = mode_command(mode, service, workdir, port)
+    with (workdir / f"{mode}.stdout").open("wb") as out, (workdir / f"{mode}.stderr").open("wb") as err:
+        return subprocess.Popen(command, cwd=service.root, env=env, stdout=out, stderr=err)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_mode(mode: str, round_: int, args: argparse.Namespace, service: Service, workdir: Path) -> Run:
+    """Boot one mode, warm it up, measure it under wrk, stop it."""
+    port = free_port()
     url = f"http://127.0.0.1:{port}/items/1"
-    stdout, stderr = workdir / f"{mode}.stdout", workdir / f"{mode}.stderr"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(command, cwd=service.root, env=env, stdout=out, stderr=err)
+    process = start_mode(mode, port, args.sink_url, service, workdir)
     try:
         wait_ready(url, process)
         if args.warmup:
             run_wrk(url, args.warmup, args.connections)
         sink_bytes(args.sink_url)
-        cpu_before = cpu_seconds(process.pid)
+        cpu_before, started = cpu_seconds(process.pid), time.monotonic()
         load = run_wrk(url, args.duration, args.connections)
-        cpu = cpu_seconds(process.pid) - cpu_before
+        cpu, elapsed = cpu_seconds(process.pid) - cpu_before, time.monotonic() - started
         exported = sink_bytes(args.sink_url)
     except Exception:
-        sys.stderr.write(f"--- {mode} stderr ---\n{stderr.read_text()[-5000:]}\n")
+        sys.stderr.write(f"--- {mode} stderr ---\n{(workdir / f'{mode}.stderr').read_text()[-5000:]}\n")
         raise
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
     requests = max(1, load.requests)
-    return Run(mode, round_, load, cpu / requests * 1e6, exported / requests)
+    return Run(mode, round_, load, cpu / requests * 1e6, cpu / elapsed, exported / requests)
 
 
 def rotated(modes: list[str], round_: int) -> list[str]:
@@ -254,6 +272,7 @@ def summarize(runs: list[Run], modes: list[str]) -> dict[str, dict[str, Any]]:
             "vs_bare": paired_ratio(runs, mode, "bare"),
             "p99_ms": statistics.median(run.load.p99_ms for run in mine),
             "cpu_us_per_request": statistics.median(run.cpu_us_per_request for run in mine),
+            "cpu_busy": statistics.median(run.cpu_busy for run in mine),
             "export_bytes_per_request": statistics.median(run.export_bytes_per_request for run in mine),
             "errors": sum(run.load.errors for run in mine),
         }
@@ -277,13 +296,14 @@ def spread(ratio: dict[str, float] | None, unit: str = "") -> str:
 
 def format_table(summary: dict[str, dict[str, Any]], comparisons: dict[str, Any]) -> str:
     lines = [
-        "| mode | req/s | vs bare (min-max) | p99 ms | CPU us/req | export B/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | req/s | vs bare (min-max) | p99 ms | CPU us/req | CPU busy | export B/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, row in summary.items():
         lines.append(
             f"| {mode} | {row['rps']:.0f} | {spread(row['vs_bare'])} | {row['p99_ms']:.2f}"
-            f" | {row['cpu_us_per_request']:.0f} | {row['export_bytes_per_request']:.0f} | {row['errors']} |"
+            f" | {row['cpu_us_per_request']:.0f} | {row['cpu_busy']:.2f}"
+            f" | {row['export_bytes_per_request']:.0f} | {row['errors']} |"
         )
     lines.append("")
     lines += [f"{name}: {spread(ratio, 'x')} req/s" for name, ratio in comparisons.items()]
@@ -317,33 +337,22 @@ def measure(args: argparse.Namespace, service: Service, workdir: Path) -> list[R
             say(
                 f"round {round_ + 1}/{args.rounds} {mode:10} {run.load.rps:7.0f} req/s"
                 f"  p99 {run.load.p99_ms:6.2f} ms  cpu {run.cpu_us_per_request:4.0f} us/req"
+                f" (busy {run.cpu_busy:.2f})"
             )
     return runs
 
 
-def report(
-    args: argparse.Namespace,
-    argv: list[str] | None,
-    versions: dict[str, str],
-    summary: dict[str, dict[str, Any]],
-    comparisons: dict[str, Any],
-    runs: list[Run],
-) -> dict[str, Any]:
-    """Everything the run measured, with what it ran on, for the JSON file."""
+def setup(args: argparse.Namespace, service: Service) -> dict[str, Any]:
+    """What the run ran on, for the JSON file."""
     return {
-        "command": " ".join(["uv run benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
-        "setup": {
-            "connections": args.connections,
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "rounds": args.rounds,
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "packages": versions,
-        },
-        "summary": summary,
-        "comparisons": comparisons,
-        "runs": [asdict(run) for run in runs],
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "packages": package_versions(service),
     }
 
 
@@ -359,15 +368,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sink.terminate()
             sink.wait()
-        versions = package_versions(service)
+        ran_on = setup(args, service)
     summary, comparisons = summarize(runs, args.modes), compare(runs, args.modes)
-    say()
-    say(format_table(summary, comparisons))
+    say(f"\n{format_table(summary, comparisons)}")
     say(f"\nmedians of {args.rounds} interleaved rounds, wrk -c{args.connections}, {args.duration} s per run")
     if args.output:
-        args.output.write_text(
-            json.dumps(report(args, argv, versions, summary, comparisons, runs), indent=2) + "\n"
-        )
+        command = " ".join(["uv run benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+        result = {"command": command, "setup": ran_on, "summary": summary, "comparisons": comparisons}
+        result["runs"] = [asdict(run) for run in runs]
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
         say(f"results in {args.output}")
     return 0
 
