@@ -253,11 +253,15 @@ def rotated(modes: list[str], round_: int) -> list[str]:
     return modes[shift:] + modes[:shift]
 
 
-def paired_ratio(runs: list[Run], mode: str, base: str) -> dict[str, float] | None:
-    """Median, lowest and highest of mode's req/s over base's, round by round."""
-    base_rps = {run.round: run.load.rps for run in runs if run.mode == base}
-    mine = [run for run in runs if run.mode == mode and run.round in base_rps]
-    ratios = [run.load.rps / base_rps[run.round] for run in mine]
+def paired_ratio(runs: list[Run], mode: str, base: str, cpu: bool = False) -> dict[str, float] | None:
+    """Median, lowest and highest, round by round, of mode's req/s over base's (or, with `cpu`,
+    of base's CPU per request over mode's: how many times less CPU mode spends on a request)."""
+    bases = {run.round: run for run in runs if run.mode == base}
+    pairs = [(run, bases[run.round]) for run in runs if run.mode == mode and run.round in bases]
+    if cpu:
+        ratios = [other.cpu_us_per_request / run.cpu_us_per_request for run, other in pairs]
+    else:
+        ratios = [run.load.rps / other.load.rps for run, other in pairs]
     if not ratios:
         return None
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
@@ -279,10 +283,13 @@ def summarize(runs: list[Run], modes: list[str]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def compare(runs: list[Run], modes: list[str]) -> dict[str, dict[str, float] | None]:
+def compare(runs: list[Run], modes: list[str]) -> dict[str, dict[str, Any]]:
     """The service's modes against the DIY stack at the same sampling rate."""
     return {
-        f"{mode}/{base}": paired_ratio(runs, mode, base)
+        f"{mode}/{base}": {
+            "rps": paired_ratio(runs, mode, base),
+            "cpu_per_request": paired_ratio(runs, mode, base, cpu=True),
+        }
         for mode, base in COMPARISONS
         if mode in modes and base in modes
     }
@@ -306,7 +313,11 @@ def format_table(summary: dict[str, dict[str, Any]], comparisons: dict[str, Any]
             f" | {row['export_bytes_per_request']:.0f} | {row['errors']} |"
         )
     lines.append("")
-    lines += [f"{name}: {spread(ratio, 'x')} req/s" for name, ratio in comparisons.items()]
+    for name, ratios in comparisons.items():
+        lines.append(
+            f"{name}: {spread(ratios['rps'], 'x')} the req/s,"
+            f" {spread(ratios['cpu_per_request'], 'x')} less CPU per request"
+        )
     return "\n".join(lines)
 
 

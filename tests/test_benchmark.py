@@ -54,7 +54,8 @@ def test_every_mode_served_the_route_without_errors(benchmark: tuple[dict[str, A
     assert result["summary"]["bare"]["vs_bare"]["median"] == 1
     assert {run["mode"] for run in result["runs"]} == set(MODES)
     for name in ("production/diy", "traced/diy-traced"):
-        assert result["comparisons"][name]["median"] > 0, name
+        assert result["comparisons"][name]["rps"]["median"] > 0, name
+        assert result["comparisons"][name]["cpu_per_request"]["median"] > 0, name
 
 
 def test_the_printed_table_has_a_row_per_mode_and_the_comparisons(
