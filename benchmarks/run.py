@@ -276,6 +276,8 @@ def summarize(runs: list[Run], modes: list[str]) -> dict[str, dict[str, Any]]:
             "vs_bare": paired_ratio(runs, mode, "bare"),
             "p99_ms": statistics.median(run.load.p99_ms for run in mine),
             "cpu_us_per_request": statistics.median(run.cpu_us_per_request for run in mine),
+            # bare's CPU per request over mode's: the req/s ratio a CPU-bound server would reach.
+            "cpu_vs_bare": paired_ratio(runs, mode, "bare", cpu=True),
             "cpu_busy": statistics.median(run.cpu_busy for run in mine),
             "export_bytes_per_request": statistics.median(run.export_bytes_per_request for run in mine),
             "errors": sum(run.load.errors for run in mine),
@@ -303,13 +305,14 @@ def spread(ratio: dict[str, float] | None, unit: str = "") -> str:
 
 def format_table(summary: dict[str, dict[str, Any]], comparisons: dict[str, Any]) -> str:
     lines = [
-        "| mode | req/s | vs bare (min-max) | p99 ms | CPU us/req | CPU busy | export B/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | req/s | vs bare (min-max) | p99 ms | CPU us/req | CPU vs bare"
+        " | CPU busy | export B/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, row in summary.items():
         lines.append(
             f"| {mode} | {row['rps']:.0f} | {spread(row['vs_bare'])} | {row['p99_ms']:.2f}"
-            f" | {row['cpu_us_per_request']:.0f} | {row['cpu_busy']:.2f}"
+            f" | {row['cpu_us_per_request']:.0f} | {spread(row['cpu_vs_bare'])} | {row['cpu_busy']:.2f}"
             f" | {row['export_bytes_per_request']:.0f} | {row['errors']} |"
         )
     lines.append("")
@@ -353,7 +356,7 @@ def measure(args: argparse.Namespace, service: Service, workdir: Path) -> list[R
     return runs
 
 
-def setup(args: argparse.Namespace, service: Service) -> dict[str, Any]:
+def setup(args: argparse.Namespace, service: Service, loadavg_at_start: tuple[float, ...]) -> dict[str, Any]:
     """What the run ran on, for the JSON file."""
     return {
         "connections": args.connections,
@@ -361,6 +364,8 @@ def setup(args: argparse.Namespace, service: Service) -> dict[str, Any]:
         "warmup_s": args.warmup,
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
+        # Other work on the machine: what the CPU busy column shows it cost.
+        "loadavg_at_start": loadavg_at_start,
         "loadavg_at_end": os.getloadavg(),
         "python": sys.version.split()[0],
         "packages": package_versions(service),
@@ -374,12 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"generating the default service in {workdir}")
         service = generate_service(workdir)
         sink, args.sink_url = start_sink()
+        loadavg_at_start = os.getloadavg()
         try:
             runs = measure(args, service, workdir)
         finally:
             sink.terminate()
             sink.wait()
-        ran_on = setup(args, service)
+        ran_on = setup(args, service, loadavg_at_start)
     summary, comparisons = summarize(runs, args.modes), compare(runs, args.modes)
     say(f"\n{format_table(summary, comparisons)}")
     say(f"\nmedians of {args.rounds} interleaved rounds, wrk -c{args.connections}, {args.duration} s per run")
