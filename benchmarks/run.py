@@ -53,18 +53,10 @@ TENANT_HEADERS = {
     "X-Session-Id": "sess-bench",
     "X-LLM-Request-Id": "llmreq-bench",
 }
-# Settings of the environment that must not reach the processes under test.
+# Settings of the environment that must not reach the processes under test (each mode sets the
+# service's own). PYTHONDONTWRITEBYTECODE would recompile every import at every boot.
 LEAKY_PREFIXES = ("OTEL_", "LOGFIRE_", "UV_PROJECT_ENVIRONMENT")
-# PYTHONDONTWRITEBYTECODE would recompile every import at every boot (the image ships bytecode).
-LEAKY_NAMES = {
-    "VIRTUAL_ENV",
-    "PYTHONPATH",
-    "PYTHONDONTWRITEBYTECODE",
-    "ENVIRONMENT",
-    "LOG_LEVEL",
-    "PORT",
-    "HOST",
-}
+LEAKY_NAMES = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "ENVIRONMENT", "LOG_LEVEL"}
 
 
 @dataclass(frozen=True)
