@@ -71,7 +71,9 @@ class Load:
     requests: int
     rps: float
     p99_ms: float
-    errors: int
+    non_2xx: int
+    # Connect, read, write errors and timeouts (no answer within wrk's 2 s).
+    socket_errors: int
 
 
 @dataclass(frozen=True)
@@ -184,10 +186,14 @@ def run_wrk(url: str, seconds: int, connections: int) -> Load:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    errors = int(non_2xx.group(1)) if non_2xx else 0
-    errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1))) if socket_errors else 0
     to_ms = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
-    return Load(int(requests.group(1)), float(rps.group(1)), float(p99.group(1)) * to_ms, errors)
+    return Load(
+        requests=int(requests.group(1)),
+        rps=float(rps.group(1)),
+        p99_ms=float(p99.group(1)) * to_ms,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(map(int, re.findall(r"\d+", socket_errors.group(1)))) if socket_errors else 0,
+    )
 
 
 def start_mode(
@@ -272,7 +278,8 @@ def summarize(runs: list[Run], modes: list[str]) -> dict[str, dict[str, Any]]:
             "cpu_vs_bare": paired_ratio(runs, mode, "bare", cpu=True),
             "cpu_busy": statistics.median(run.cpu_busy for run in mine),
             "export_bytes_per_request": statistics.median(run.export_bytes_per_request for run in mine),
-            "errors": sum(run.load.errors for run in mine),
+            "non_2xx": sum(run.load.non_2xx for run in mine),
+            "socket_errors": sum(run.load.socket_errors for run in mine),
         }
     return summary
 
@@ -298,14 +305,14 @@ def spread(ratio: dict[str, float] | None, unit: str = "") -> str:
 def format_table(summary: dict[str, dict[str, Any]], comparisons: dict[str, Any]) -> str:
     lines = [
         "| mode | req/s | vs bare (min-max) | p99 ms | CPU us/req | CPU vs bare"
-        " | CPU busy | export B/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | CPU busy | export B/req | non-2xx | socket errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, row in summary.items():
         lines.append(
             f"| {mode} | {row['rps']:.0f} | {spread(row['vs_bare'])} | {row['p99_ms']:.2f}"
             f" | {row['cpu_us_per_request']:.0f} | {spread(row['cpu_vs_bare'])} | {row['cpu_busy']:.2f}"
-            f" | {row['export_bytes_per_request']:.0f} | {row['errors']} |"
+            f" | {row['export_bytes_per_request']:.0f} | {row['non_2xx']} | {row['socket_errors']} |"
         )
     lines.append("")
     for name, ratios in comparisons.items():
@@ -372,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         service = generate_service(workdir)
         sink, args.sink_url = start_sink()
         loadavg_at_start = os.getloadavg()
+        if loadavg_at_start[0] > (os.cpu_count() or 1) / 2:
+            say(f"warning: load average {loadavg_at_start[0]:.1f}: other work will move req/s (see CPU busy)")
         try:
             runs = measure(args, service, workdir)
         finally:
