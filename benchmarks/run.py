@@ -373,6 +373,8 @@ def setup(args: argparse.Namespace, service: Service, loadavg_at_start: tuple[fl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers and the sink are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         say(f"generating the default service in {workdir}")
