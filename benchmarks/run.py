@@ -4,7 +4,7 @@ Generates the default service from this repository's working tree, boots each mo
 uvicorn process (one worker, loopback) and drives `GET /items/1` with wrk, in interleaved
 rounds. From the repository root:
 
-    uv run benchmarks/run.py --rounds 3 --duration 8 --output benchmarks/results.json
+    uv run benchmarks/run.py --rounds 5 --duration 8 --output benchmarks/results.json
 
 Modes: `bare` (FastAPI alone, apps/bare.py), `production` (the service, ENVIRONMENT=production,
 its default sampling), `traced` (every request traced), `diy` and `diy-traced` (apps/diy.py at
