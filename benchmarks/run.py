@@ -326,7 +326,7 @@ def format_table(summary: dict[str, dict[str, Any]], comparisons: dict[str, Any]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=8, help="seconds of measured load per run")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before it (0: none)")
     parser.add_argument("--connections", type=int, default=32)
