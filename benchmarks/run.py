@@ -109,7 +109,11 @@ def generate_service(workdir: Path) -> Service:
     sync = ["uv", "sync", "--quiet", "--no-dev", "--python", python_version]
     subprocess.run(sync, cwd=root, env=env, check=True)
     python = root / ".venv" / "bin" / "python"
-    install = ["uv", "pip", "install", "--quiet", "--python", str(python)]
+    # The extras may add packages, never move the service's own: its versions are constraints.
+    freeze = ["uv", "pip", "freeze", "--exclude-editable", "--python", str(python)]
+    pinned = workdir / "service-versions.txt"
+    pinned.write_text(subprocess.run(freeze, env=env, capture_output=True, text=True, check=True).stdout)
+    install = ["uv", "pip", "install", "--quiet", "--python", str(python), "--constraint", str(pinned)]
     subprocess.run([*install, *EXTRA_PACKAGES], cwd=root, env=env, check=True)
     (script,) = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
     for app in ("bare.py", "diy.py"):
