@@ -56,7 +56,6 @@ COMMON_TARGETS = {
     "format",
     "typecheck",
     "check",
-    "bench",
     "docker-build",
     "up",
     "down",
@@ -574,7 +573,6 @@ def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
         f"uv run {project.answers['project_slug']} --reload"
     )
     assert recipe("run").strip() == f"uv run {project.answers['project_slug']}"
-    assert recipe("bench").strip() == "uv run python bench/run.py"
     assert f"docker build --tag {project.answers['container_image']}:dev ." in recipe("docker-build")
     assert "docker compose --file deploy/local/compose.yaml up --build --detach --wait" in recipe("up")
     assert "docker compose --file deploy/local/compose.yaml down --volumes" in recipe("down")
