@@ -44,3 +44,12 @@ def test_token_is_never_part_of_the_settings(monkeypatch: pytest.MonkeyPatch) ->
     settings = Settings(_env_file=None)
     assert "pylf_v1_secret_token" not in repr(settings)
     assert "pylf_v1_secret_token" not in settings.model_dump_json()
+
+
+def test_trusted_callers_are_any_or_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert make_settings().tenant_caller_networks is None
+    monkeypatch.setenv("TENANT_TRUSTED_CALLERS", "10.0.0.0/8, fd00::/8")
+    networks = Settings(_env_file=None).tenant_caller_networks
+    assert [str(network) for network in networks or ()] == ["10.0.0.0/8", "fd00::/8"]
+    with pytest.raises(ValidationError, match="tenant_trusted_callers"):
+        make_settings(tenant_trusted_callers="*,gateway.internal")

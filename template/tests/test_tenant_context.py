@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 
@@ -137,3 +137,36 @@ def test_a_rejected_header_is_said_once_a_minute_not_per_request(
         f"Dropped an invalid {name} header value (see tenant_header_rejections_total)"
         for name in ("account_id", "session_id")
     ]
+
+
+@pytest.mark.parametrize(
+    ("caller", "trusted"),
+    [("10.1.2.3", True), ("::ffff:10.1.2.3", True), ("203.0.113.5", False), ("testclient", False)],
+)
+def test_an_edge_service_takes_tenant_ids_from_its_gateway_only(
+    capfire: CaptureLogfire, caller: str, trusted: bool
+) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from {{ cookiecutter.package_name }}.app import create_app
+
+    from conftest import make_settings
+
+    app = create_app(
+        make_settings(tenant_trusted_callers="10.0.0.0/8"),
+        additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
+    )
+
+    async def seen(request: Request) -> dict[str, object]:
+        return {"tenant": current_tenant(), "header": request.headers.get("X-Account-Id")}
+
+    app.add_api_route("/seen", seen)
+    with TestClient(app, client=(caller, 50000)) as client:
+        body = client.get("/seen", headers=TENANT_HEADERS).json()
+
+    [span] = server_spans(capfire)
+    expected = TENANT_ATTRIBUTES if trusted else dict.fromkeys(TENANT_ATTRIBUTES)
+    assert _tenant(span.attributes) == expected
+    assert body["tenant"] == (TENANT_ATTRIBUTES if trusted else {})
+    # An untrusted caller's tenant headers are removed: the handler cannot read them either.
+    assert body["header"] == ("acct-42" if trusted else None)

@@ -132,7 +132,9 @@ def create_app(
     app.add_middleware(
         TelemetryMiddleware,
         tenant_headers=TenantHeaders.from_names(
-            settings.tenant_headers, max_length=settings.tenant_id_max_length
+            settings.tenant_headers,
+            max_length=settings.tenant_id_max_length,
+            trusted_callers=settings.tenant_caller_networks,
         ),
         policy=policy,
         max_accounts=settings.tenant_metrics_max_accounts,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Environment = Literal["development", "production", "test"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -22,6 +23,17 @@ DEFAULT_LOG_LEVELS: dict[Environment, LogLevel] = {
     "production": "info",
     "test": "debug",
 }
+
+
+def _split_commas(value: object) -> object:
+    """`a,b` in the environment becomes ("a", "b"); a list given in code passes unchanged."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+# A list setting written as `a,b` in the environment (pydantic-settings would expect JSON).
+CommaSeparated = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
 
 
 class Settings(BaseSettings):
@@ -72,6 +84,13 @@ class Settings(BaseSettings):
     tenant_header_llm_request_id: str = "X-LLM-Request-Id"
     tenant_id_max_length: int = Field(default=128, ge=1, le=1024)
     tenant_metrics_max_accounts: int = Field(default=50, ge=0)
+    tenant_trusted_callers: CommaSeparated = Field(
+        default=("*",),
+        description=(
+            "Callers whose tenant headers are accepted: `*` (any caller: an internal service) or "
+            "networks, e.g. an edge service's gateway `10.0.0.0/8`. Others get no tenant ids."
+        ),
+    )
 {%- if cookiecutter.with_sqlalchemy %}
 
     database_url: str = "sqlite+aiosqlite:///:memory:"
@@ -87,6 +106,14 @@ class Settings(BaseSettings):
         description="PydanticAI model name, e.g. `openai:gpt-4o`; `test` answers offline.",
     )
 {%- endif %}
+
+    @field_validator("tenant_trusted_callers")
+    @classmethod
+    def _networks_or_any(cls, callers: tuple[str, ...]) -> tuple[str, ...]:
+        if callers != ("*",):
+            for caller in callers:
+                ip_network(caller, strict=False)  # a ValueError names the bad entry
+        return callers
 
     @property
     def trace_sample_rate(self) -> float:
@@ -113,3 +140,10 @@ class Settings(BaseSettings):
             "session_id": self.tenant_header_session_id,
             "llm_request_id": self.tenant_header_llm_request_id,
         }
+
+    @property
+    def tenant_caller_networks(self) -> tuple[IPv4Network | IPv6Network, ...] | None:
+        """The networks allowed to set tenant ids; None when any caller may."""
+        if self.tenant_trusted_callers == ("*",):
+            return None
+        return tuple(ip_network(caller, strict=False) for caller in self.tenant_trusted_callers)

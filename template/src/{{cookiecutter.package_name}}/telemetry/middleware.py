@@ -1,8 +1,9 @@
 """The request path: ONE pure-ASGI layer for tenant context, the SERVER span and RED metrics.
 
 Per request, in this order:
-- one pass over the headers picks up the tenant ids (validated), `traceparent`/`tracestate`, and
-  removes an incoming `baggage` header: clients must not be able to set span attributes;
+- one pass over the headers picks up the tenant ids (validated; from trusted callers only, see
+  tenant.py), `traceparent`/`tracestate`, and removes an incoming `baggage` header: clients must
+  not be able to set span attributes;
 - the tenant ids become baggage (`logfire.set_baggage`), which Logfire copies onto every span and
   log of the request;
 - one SERVER span through Logfire's tracer, renamed after the route template once the router ran
@@ -138,12 +139,19 @@ class TelemetryMiddleware:
                     self._finish(span, scope, method, status, error, duration, tenant)
 
     def _read_headers(self, scope: Scope) -> tuple[dict[str, str], dict[str, str], Scope]:
-        """The valid tenant ids, the trace context headers, and the scope without `baggage`."""
+        """The valid tenant ids, the trace context headers, and the scope without `baggage`.
+
+        The tenant headers of a caller that may not set them are removed too (see tenant.py).
+        """
         tenant: dict[str, str] = {}
         carrier: dict[str, str] = {}
+        trusted = self.tenant_headers.trusts(scope.get("client"))
+        removed: set[bytes] = set()
         for name, value in scope["headers"]:
             attribute = self.tenant_headers.by_header.get(name)
-            if attribute is not None:
+            if attribute is not None and not trusted:
+                removed.add(name)
+            elif attribute is not None:
                 tenant_id = self.tenant_headers.accept(value)
                 if tenant_id is None:
                     self._rejected(attribute)
@@ -152,9 +160,11 @@ class TelemetryMiddleware:
             elif name in (b"traceparent", b"tracestate"):
                 carrier[name.decode("ascii")] = value.decode("latin-1")
             elif name == b"baggage":
-                # Never seen by the app or any instrumentation: clients set no span attributes.
-                headers = [header for header in scope["headers"] if header[0] != b"baggage"]
-                scope = {**scope, "headers": headers}
+                removed.add(name)
+        if removed:
+            # Never seen by the app or any instrumentation: clients set no span attributes.
+            headers = [header for header in scope["headers"] if header[0] not in removed]
+            scope = {**scope, "headers": headers}
         return tenant, carrier, scope
 
     def _finish(

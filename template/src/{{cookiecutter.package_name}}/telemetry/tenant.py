@@ -5,6 +5,11 @@ goes on without that attribute, and `tenant_header_rejections_total{header=...}`
 headers are context for telemetry, not authentication, so a bad one must not fail the request; but
 it never reaches a span, a log or a metric label either.
 
+Who may set them (TENANT_TRUSTED_CALLERS): an internal service trusts its callers (`*`, the
+default: only other services reach it); an edge service trusts its gateway's networks only, and
+the gateway must overwrite or strip the headers its own clients send. Tenant headers from any other
+caller are removed unread. The W3C `baggage` header is never read from anyone.
+
 Accepted ids travel as OpenTelemetry baggage (the middleware sets it with `logfire.set_baggage`):
 Logfire copies baggage onto every span and log started inside the request, and the JSON log lines
 read it from there, in the thread pool and background tasks too (they copy the context).
@@ -13,8 +18,9 @@ read it from there, in the thread pool and background tasks too (they copy the c
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from opentelemetry import baggage
 
@@ -32,14 +38,35 @@ class TenantHeaders:
 
     by_header: Mapping[bytes, str]
     max_length: int
+    # None: any caller may set tenant ids; else only callers from these networks.
+    trusted_callers: Sequence[IPv4Network | IPv6Network] | None = None
 
     @classmethod
-    def from_names(cls, headers: Mapping[str, str], max_length: int) -> TenantHeaders:
+    def from_names(
+        cls,
+        headers: Mapping[str, str],
+        max_length: int,
+        trusted_callers: Sequence[IPv4Network | IPv6Network] | None = None,
+    ) -> TenantHeaders:
         """`headers` maps attribute name -> header name, e.g. `{"account_id": "X-Account-Id"}`."""
         by_header = {name.lower().encode("latin-1"): attr for attr, name in headers.items()}
         if len(by_header) != len(headers):
             raise ValueError(f"tenant header names must be distinct: {sorted(headers.values())}")
-        return cls(by_header=by_header, max_length=max_length)
+        return cls(by_header=by_header, max_length=max_length, trusted_callers=trusted_callers)
+
+    def trusts(self, client: tuple[str, int] | None) -> bool:
+        """Whether the caller (the ASGI scope's `client`) may set tenant ids."""
+        if self.trusted_callers is None:
+            return True
+        if client is None:
+            return False
+        try:
+            address = ip_address(client[0])
+        except ValueError:  # not an IP address (a Unix socket, a test client)
+            return False
+        # A server listening on `::` sees IPv4 callers as ::ffff:a.b.c.d.
+        address = getattr(address, "ipv4_mapped", None) or address
+        return any(address in network for network in self.trusted_callers)
 
     def accept(self, value: bytes) -> str | None:
         """The id a header value carries, or None if it is not a valid one."""
