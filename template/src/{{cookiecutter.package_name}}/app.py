@@ -14,9 +14,12 @@ from prometheus_client import start_http_server
 {%- endif %}
 
 from . import __version__
-from .api import {% if cookiecutter.with_pydantic_ai %}agent, {% endif %}health, items{% if cookiecutter.with_sqlalchemy %}, notes{% endif %}
+from .api import {% if cookiecutter.with_pydantic_ai %}agent, {% endif %}health, items{% if cookiecutter.with_sqlalchemy %}, notes{% endif %}{% if cookiecutter.with_httpx %}, upstream{% endif %}
 {%- if cookiecutter.with_sqlalchemy %}
 from .db import Database
+{%- endif %}
+{%- if cookiecutter.with_httpx %}
+from .http_client import create_http_client
 {%- endif %}
 from .settings import Settings
 from .telemetry import configure_telemetry
@@ -51,6 +54,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         else None
     )
 {%- endif %}
+{%- if cookiecutter.with_httpx %}
+    # One client for every outgoing call: it pools connections (routes get it as `HttpClient`).
+    app.state.http_client = create_http_client(settings)
+{%- endif %}
     app.state.ready = True
     logger.info("service.started", extra={"environment": settings.environment})
     try:
@@ -58,6 +65,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.ready = False
         logger.info("service.stopping")
+{%- if cookiecutter.with_httpx %}
+        await app.state.http_client.aclose()
+{%- endif %}
 {%- if cookiecutter.with_sqlalchemy %}
         await database.dispose()
 {%- endif %}
@@ -118,6 +128,9 @@ def create_app(
 
     app.include_router(health.router)
     app.include_router(items.router)
+{%- if cookiecutter.with_httpx %}
+    app.include_router(upstream.router)
+{%- endif %}
 {%- if cookiecutter.with_sqlalchemy %}
     app.include_router(notes.router)
 {%- endif %}

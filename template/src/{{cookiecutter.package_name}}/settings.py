@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import {% if cookiecutter.with_httpx %}AnyHttpUrl, {% endif %}BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Environment = Literal["development", "production", "test"]
@@ -91,6 +91,18 @@ class Settings(BaseSettings):
             "networks, e.g. an edge service's gateway `10.0.0.0/8`. Others get no tenant ids."
         ),
     )
+{%- if cookiecutter.with_httpx %}
+    tenant_forward_hosts: CommaSeparated = Field(
+        default=("localhost", "127.0.0.1", "::1", ".svc.cluster.local"),
+        description=(
+            "Hosts the HTTP client sends the tenant headers to: a name, or a suffix starting "
+            "with a dot (`.svc.cluster.local`). Never list a third party."
+        ),
+    )
+    upstream_url: AnyHttpUrl | None = Field(
+        default=None, description="Base URL of the service the example /upstream routes call."
+    )
+{%- endif %}
 {%- if cookiecutter.with_sqlalchemy %}
 
     database_url: str = "sqlite+aiosqlite:///:memory:"
@@ -114,6 +126,16 @@ class Settings(BaseSettings):
             for caller in callers:
                 ip_network(caller, strict=False)  # a ValueError names the bad entry
         return callers
+{%- if cookiecutter.with_httpx %}
+
+    @field_validator("tenant_forward_hosts")
+    @classmethod
+    def _host_names(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            if "*" in host or "/" in host:
+                raise ValueError(f"{host!r}: give a host name, or a suffix like .svc.cluster.local")
+        return tuple(host.lower() for host in hosts)
+{%- endif %}
 
     @property
     def trace_sample_rate(self) -> float:
