@@ -19,8 +19,10 @@ from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 SPEC_FILE = "copier.yml"
-# The computed question that exposes the answers as `cookiecutter.*` inside copier.
-NAMESPACE_QUESTION = "cookiecutter"
+# Cookiecutter's side of copier's computed `answers_refused` question: an extension
+# (cookiecutter_extension.py) that refuses a bad answer in one line after the last question.
+EXTENSION = "hooks.cookiecutter_extension.RefuseInvalidAnswers"
+REFUSAL = "{{ refuse_invalid_answers(cookiecutter) }}"
 
 
 def load_spec(repo_dir: str | Path) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def questions(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         name: settings
         for name, settings in spec.items()
-        if not name.startswith("_") and name != NAMESPACE_QUESTION
+        if not name.startswith("_") and settings.get("when") is not False
     }
 
 
@@ -119,5 +121,7 @@ def cookiecutter_context(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             context[name] = default
         prompts[name] = question["help"]
+    context["__answers_refused"] = REFUSAL
     context["__prompts__"] = prompts
+    context["_extensions"] = [EXTENSION]
     return context

@@ -7,6 +7,7 @@ cookies plugin (`-p no:cookies`) and its fixtures are re-exported here instead.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ import pytest
 from helpers import REPO_DIR, engines, prometheus, variants
 from helpers.project_env import ProjectEnv, create_env, default_uv_cache_dir, find_python
 from pytest_cookies.plugin import _cookiecutter_config_file, cookies, cookies_session
+
+# cookiecutter.json loads a Jinja extension from hooks/ (cookiecutter_extension.py). cookiecutter
+# puts the template on sys.path itself; pytest-cookies renders the context first, without it.
+sys.path.append(str(REPO_DIR))
 
 __all__ = ["_cookiecutter_config_file", "cookies", "cookies_session"]
 
