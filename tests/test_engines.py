@@ -20,6 +20,7 @@ from typing import Any
 import copier
 import pytest
 import yaml
+from copier.errors import UserMessageError
 from helpers import REPO_DIR, engines, variants
 
 Generated = Callable[[str, str], Path]
@@ -210,14 +211,24 @@ def test_cookiecutter_json_is_in_sync_with_copier_yml() -> None:
 def test_copier_yml_keeps_the_rules_both_engines_need() -> None:
     """The rules copier.yml's header states; each one broke an engine when ignored."""
     spec = yaml.safe_load((REPO_DIR / "copier.yml").read_text(encoding="utf-8"))
-    asked = {name: q for name, q in spec.items() if not name.startswith("_") and name != "cookiecutter"}
+    asked = {name: q for name, q in spec.items() if not name.startswith("_") and q.get("when") is not False}
+    namespace = spec["cookiecutter"]["default"]
     for name, question in asked.items():
-        assert "when" not in question, f"{name}: an unasked answer never reaches cookiecutter.*"
+        if "when" in question:  # copier leaves an unasked answer out of _copier_answers
+            assert f"{name}={name}" in namespace, f"{name}: add it to the cookiecutter namespace by hand"
         assert question.get("type") in ("str", "bool"), f"{name}: copier casts other types unvalidated"
         assert question.get("help"), f"{name}: every question explains itself"
         assert not question.get("secret"), f"{name}: secrets are never answers"
     assert list(spec)[-1] == "cookiecutter", "the namespace question must come last"
     assert not {"_tasks", "_migrations", "_jinja_extensions"} & set(spec), "these need --trust"
+
+
+def test_one_line_refusal_checks_every_question_in_order() -> None:
+    """hooks/answers.jinja lists the questions its copier-side refusal walks: it must not drift."""
+    macros = (REPO_DIR / "hooks" / "answers.jinja").read_text(encoding="utf-8")
+    listed = re.search(r"set QUESTIONS = \[([^\]]*)\]", macros)
+    assert listed is not None
+    assert re.findall(r"'(\w+)'", listed.group(1)) == list(variants.QUESTIONS)
 
 
 def test_cookiecutter_json_drift_is_detected(tmp_path: Path) -> None:
@@ -294,7 +305,9 @@ def test_copier_rejects_bad_answer(
 ) -> None:
     """copier's API as `copier copy -d name=value` uses it (in-process: ~10x cheaper than the CLI)."""
     dst = tmp_path / "out"
-    with pytest.raises(ValueError, match=f"'{question}'"):
+    # A choice outside the list fails in copier's own parsing (ValueError); the others in
+    # hooks/answers.jinja's one-line refusal (UserMessageError).
+    with pytest.raises((ValueError, UserMessageError), match=f"'{question}'"):
         copier.run_copy(
             str(template_snapshot),
             str(dst),

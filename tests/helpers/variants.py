@@ -21,7 +21,8 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 
 def _questions() -> dict[str, dict[str, Any]]:
     spec = yaml.safe_load((REPO_DIR / "copier.yml").read_text(encoding="utf-8"))
-    return {name: q for name, q in spec.items() if not name.startswith("_") and name != "cookiecutter"}
+    # Computed questions (`when: false`: answers_refused, the cookiecutter namespace) are never asked.
+    return {name: q for name, q in spec.items() if not name.startswith("_") and q.get("when") is not False}
 
 
 QUESTIONS = _questions()
