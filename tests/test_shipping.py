@@ -550,6 +550,8 @@ def test_makefile_has_the_everyday_targets(project: Project) -> None:
     assert result.returncode == 0, result.stderr
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     assert listed == expected
+    # Help texts that mention make variables show their values.
+    assert f"{project.answers['container_image']}:dev" in result.stdout and "$(" not in result.stdout
 
 
 def test_every_make_target_expands(project: Project) -> None:
