@@ -92,6 +92,14 @@ def excluded_paths(spec: dict[str, Any], answers: dict[str, Any], repo_dir: str 
     return paths
 
 
+def message_after_generation(
+    spec: dict[str, Any], answers: dict[str, Any], repo_dir: str | Path, dst_path: str
+) -> str:
+    """copier's `_message_after_copy` for a service cookiecutter generated into `dst_path`."""
+    context = {**_answered(spec, answers), "_copier_conf": {"dst_path": dst_path}}
+    return _environment(repo_dir).from_string(spec.get("_message_after_copy", "")).render(context)
+
+
 def _to_cookiecutter_namespace(text: str, names: list[str]) -> str:
     """Rewrite `{{ project_slug | ... }}` as `{{ cookiecutter.project_slug | ... }}`."""
     pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, names)) + r")\b")

@@ -1,7 +1,8 @@
 """Cookiecutter post-generation hook: leave out disabled features exactly as copier does.
 
 Copier skips the paths its conditional `_exclude` entries name; cookiecutter renders everything,
-so this hook removes the same paths afterwards (and any folder that leaves empty).
+so this hook removes the same paths afterwards (and any folder that leaves empty). Then it prints
+the next steps copier prints (copier.yml's `_message_after_copy`).
 """
 
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 sys.path.insert(0, ANSWERS["_repo_dir"] + "/hooks")
-from copier_spec import excluded_paths, load_spec  # noqa: E402
+from copier_spec import excluded_paths, load_spec, message_after_generation  # noqa: E402
 
 
 def remove(path: Path) -> None:
@@ -28,8 +29,10 @@ def remove(path: Path) -> None:
 
 def main() -> int:
     repo_dir = ANSWERS["_repo_dir"]
-    for relative in excluded_paths(load_spec(repo_dir), ANSWERS, repo_dir):
+    spec = load_spec(repo_dir)
+    for relative in excluded_paths(spec, ANSWERS, repo_dir):
         remove(Path(relative))
+    print(message_after_generation(spec, ANSWERS, repo_dir, str(Path.cwd())))
     return 0
 
 

@@ -358,3 +358,37 @@ def test_command_line_names_the_question(template_snapshot: Path, tmp_path: Path
     assert result.returncode != 0, result.stdout + result.stderr
     assert "'package_name'" in result.stderr and "keyword" in result.stderr, result.stderr[-3000:]
     assert not out.exists() or not any(out.iterdir())
+
+
+# --- next steps after generating ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", engines.ENGINES)
+def test_both_engines_print_the_next_steps(template_snapshot: Path, tmp_path: Path, engine: str) -> None:
+    """Commit first (copier update needs a git history), install, run, test; then how to update."""
+    if engine == "copier":
+        command = [
+            "copier",
+            "copy",
+            "--defaults",
+            "-r",
+            "HEAD",
+            str(template_snapshot),
+            str(tmp_path / "svc"),
+        ]
+    else:
+        command = ["cookiecutter", "--no-input", "-o", str(tmp_path), str(template_snapshot)]
+    result = _cli(*command, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout + result.stderr
+    steps = [
+        "git init && git add -A && git commit -m",
+        "uv sync",
+        "uv run my-service  # http://127.0.0.1:8000/docs",
+        "make check",
+        "uvx copier update --defaults --conflict inline",
+    ]
+    positions = [printed.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), printed[-3000:]
+    moving = "Generated with cookiecutter, which cannot update a service"
+    assert (moving in printed) == (engine == "cookiecutter")
