@@ -1,7 +1,14 @@
+# /// script
+# requires-python = ">=3.11"
+# dependencies = ["copier>=9.19,<10"]
+# ///
 """Generate a service from this checkout with default answers, start it, and show its telemetry.
 
     uv run scripts/demo.py            # generate into build/demo/, start, keep running (Ctrl-C stops)
     uv run scripts/demo.py --once     # the same, but stop after the sample requests (used by tests)
+
+It needs copier only (the inline metadata above: `uv run` installs just that, not the template's
+test tools). The generated service gets its own environment (`uv sync`).
 
 The service runs in the development environment: spans and logs print readably on this console.
 A few sample requests with tenant headers are sent as soon as it is ready, so a request trace,
@@ -14,6 +21,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,9 +45,26 @@ SAMPLE_TENANT = {
 def generate(dest: Path) -> Path:
     project = dest / SERVICE_SLUG
     if project.exists():
+        print(f"demo> deleting the previous demo service in {project}", flush=True)
         shutil.rmtree(project)
     copier.run_copy(str(REPO_DIR), str(project), vcs_ref="HEAD", defaults=True, unsafe=False, quiet=True)
     return project
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -88,6 +113,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
     parser.add_argument("--once", action="store_true", help="stop after the sample requests")
     args = parser.parse_args()
+    if port_in_use(args.port):
+        busy, args.port = args.port, free_port()
+        print(f"demo> port {busy} is busy: using {args.port} instead (choose one with --port)", flush=True)
 
     print(f"demo> generating a service with default answers into {args.dest / SERVICE_SLUG}", flush=True)
     project = generate(args.dest.resolve())

@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
-import sys
 from pathlib import Path
 
-from helpers import REPO_DIR
-from helpers.process import free_port
 from helpers.project_env import default_uv_cache_dir
 
 
-def test_demo_generates_starts_and_shows_a_trace(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LOGFIRE_"))}
+def test_demo_generates_starts_and_shows_a_trace(template_snapshot: Path, tmp_path: Path) -> None:
+    """The README's command as written, from a fresh clone; port taken, previous demo in the way."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LOGFIRE_", "VIRTUAL_ENV"))}
     env["UV_CACHE_DIR"] = str(default_uv_cache_dir())
-    result = subprocess.run(
-        [sys.executable, "scripts/demo.py", "--once", "--dest", str(tmp_path), "--port", str(port)],
-        cwd=REPO_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    (tmp_path / "my-service").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = subprocess.run(
+            ["scripts/uv", "run", "scripts/demo.py", "--once", "--dest", str(tmp_path), "--port", str(busy)],
+            cwd=template_snapshot,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
+    assert f"deleting the previous demo service in {tmp_path / 'my-service'}" in output
+    moved = re.search(rf"port {busy} is busy: using (\d+) instead \(choose one with --port\)", output)
+    assert moved is not None, output
+    port = int(moved.group(1))
 
     assert (tmp_path / "my-service" / "pyproject.toml").is_file()
     assert f"ready: API docs http://127.0.0.1:{port}/docs" in output

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -30,11 +34,12 @@ def test_every_question_is_documented_in_order() -> None:
 def test_documented_default_matches_copier_yml(name: str) -> None:
     default = questions(load_spec(REPO_DIR))[name].get("default")
     documented = question_rows()[name]
-    if isinstance(default, str) and "{{" in default:
+    if isinstance(default, str) and ("{{" in default or "{%" in default):
         # Derived defaults are described in words; they must name what they derive from.
-        derived_from = re.search(r"\{\{\s*(\w+)", default)
-        assert derived_from is not None
-        assert derived_from.group(1) in documented
+        derived_from = [
+            other for other in questions(load_spec(REPO_DIR)) if re.search(rf"\b{other}\b", default)
+        ]
+        assert derived_from and any(other in documented for other in derived_from)
     elif default == "":
         assert documented == "empty"
     else:
@@ -42,12 +47,46 @@ def test_documented_default_matches_copier_yml(name: str) -> None:
         assert documented == f"`{literal}`"
 
 
-def test_ci_runs_the_readme_test_command() -> None:
+def quick_start_commands() -> list[str]:
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"^python3 -m pip install uv && (.+)$", quick_start, flags=re.MULTILINE)
-    assert len(commands) == 2, "the quick start shows exactly a run command and a test command"
-    run_command, test_command = commands
-    assert run_command == "uv run scripts/demo.py"
-    assert (REPO_DIR / "scripts" / "demo.py").is_file()
+    block = quick_start.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_quick_start_is_clone_then_two_commands() -> None:
+    clone, cd, run_command, test_command = quick_start_commands()
+    assert clone.startswith("git clone ") and cd.startswith("cd ")
+    assert run_command == "scripts/uv run scripts/demo.py"
+    assert test_command == "scripts/test"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    test_command = quick_start_commands()[-1]
     ci_script = (REPO_DIR / ".ci" / "run").read_text(encoding="utf-8")
     assert test_command in ci_script.splitlines()
+    runner = (REPO_DIR / test_command).read_text(encoding="utf-8")
+    assert "apt-get install" in runner and "scripts/uv run pytest -n auto" in runner
+
+
+def test_demo_needs_copier_only() -> None:
+    """Inline script metadata: `uv run scripts/demo.py` installs copier, not the template's dev group."""
+    demo = (REPO_DIR / "scripts" / "demo.py").read_text(encoding="utf-8")
+    block = demo.split("# /// script\n", 1)[1].split("# ///\n", 1)[0]
+    metadata = tomllib.loads("\n".join(line.removeprefix("#").strip() for line in block.splitlines()))
+    assert [re.split(r"[<>=~!\[ ]", spec)[0] for spec in metadata["dependencies"]] == ["copier"]
+
+
+def test_uv_shim_installs_uv_on_an_externally_managed_python(tmp_path: Path) -> None:
+    """`scripts/uv` with no uv on PATH: installs uv into .tools/ (pip --target: PEP 668 allows it)."""
+    system = [Path(d) for d in ("/usr/bin", "/bin") if (Path(d) / "python3").exists()]
+    python_dir = system[0] if system else Path(sys.executable).parent
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(REPO_DIR / "scripts" / "uv", tmp_path / "scripts" / "uv")
+    env = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": f"{python_dir}:/usr/bin:/bin"}
+    assert shutil.which("uv", path=env["PATH"]) is None, "this test needs a PATH without uv"
+    result = subprocess.run(
+        [str(tmp_path / "scripts" / "uv"), "--version"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("uv "), result.stdout
+    assert (tmp_path / ".tools" / "uv" / "bin" / "uv").is_file()
