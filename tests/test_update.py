@@ -406,6 +406,11 @@ def test_cookiecutter_service_moves_to_copier_and_updates(
     # 2. The migration exactly as docs/updating.md writes it.
     replay = replay_dir / f"{template_repo.path.name}.json"
     assert replay.exists(), sorted(path.name for path in replay_dir.iterdir())
+    # `uvx copier` as written, with the copier under test (uvx would fetch one from the index).
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "uvx").write_text('#!/bin/sh\nexec "$@"\n', encoding="utf-8")
+    (shims / "uvx").chmod(0o755)
     run(
         ["bash", "-euo", "pipefail", "-c", documented_migration_script()],
         cwd=tmp_path,
@@ -414,7 +419,7 @@ def test_cookiecutter_service_moves_to_copier_and_updates(
             "TAG": "0.1.0",
             "PROJECT": str(project),
             "REPLAY": str(replay),
-            "PATH": f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}",
+            "PATH": os.pathsep.join([str(shims), str(BIN_DIR), os.environ["PATH"]]),
         },
     )
 
@@ -454,3 +459,30 @@ def test_changelog_names_every_release_with_a_pep440_version() -> None:
     tags = git(REPO_DIR, "tag", "--list").split()
     release_tags = [tag for tag in tags if re.fullmatch(r"v?\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?", tag)]
     assert not [tag for tag in release_tags if tag.removeprefix("v") not in versions]
+
+
+# --- one update command, wherever a user reads about updating ------------------------------------
+
+UPDATE_COMMAND = "uvx copier update --defaults --conflict inline"
+
+
+def test_one_update_command_everywhere() -> None:
+    """Template README, docs/updating.md, the generated README and copier's next-steps message."""
+    places = {
+        "README.md": REPO_DIR / "README.md",
+        "docs/updating.md": UPDATING_DOC,
+        "template/README.md": REPO_DIR / "template" / "README.md",
+        "copier.yml": REPO_DIR / "copier.yml",
+    }
+    for name, path in places.items():
+        text = path.read_text(encoding="utf-8")
+        assert UPDATE_COMMAND in text, name
+        mentions = [line for line in text.splitlines() if re.search(r"(?<!`)copier update (?!brings)", line)]
+        odd = [
+            line for line in mentions if "uvx copier update" not in line or "--conflict inline" not in line
+        ]
+        assert odd == [], f"{name}: {odd}"
+    generated_readme = places["template/README.md"].read_text(encoding="utf-8")
+    # Conflicts are explained where the team looks: markers, exit status 0, what to do.
+    for words in ("<<<<<<< before updating", "copier exits 0", "git status", "docs/updating.md"):
+        assert words in generated_readme, words
