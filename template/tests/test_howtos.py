@@ -1,8 +1,8 @@
 """The README's how-to code, run as written through the real app: if a snippet rots, this fails.
 
 The code is read from README.md's python blocks: the orders module of "Add an endpoint" runs as
-`{{ cookiecutter.package_name }}.api.orders`, and the shorter snippets of the sections after it
-must be lines of that module.
+the package's `api.orders`, and the shorter snippets of the sections after it must be lines of
+that module.
 """
 
 from __future__ import annotations
