@@ -193,13 +193,14 @@ class TelemetryMiddleware:
         if method == OTHER_METHOD:
             span.set_attribute("http.request.method_original", scope["method"])
         failed_as = error_type(status, error)
+        failed = failed_as is not None
         if failed_as is not None:
             span.set_attribute("error.type", failed_as)
             span.set_status(StatusCode.ERROR)
             if error is not None:
                 span.record_exception(error)
 
-        if failed_as is not None or self.access_log:
+        if failed or self.access_log:
             # `GET /items/{item_id} 404 in 1.2 ms account_id=acct-42`: readable on the console;
             # the JSON line and the Logfire log carry the same facts as fields.
             line = (scope["method"], route or scope["path"], status, duration * 1000)
@@ -212,11 +213,11 @@ class TelemetryMiddleware:
                 logger.info("%s %s %d in %.1f ms%s", *line, ids, extra=fields)
 
         trace_id = span.get_span_context().trace_id
-        keep = self.policy.keeps(trace_id, failed=failed_as is not None, duration=duration)
+        keep = self.policy.keeps(trace_id, failed=failed, duration=duration)
         REQUEST_DURATION.labels(method, route or UNMATCHED_ROUTE, str(status)).observe(
             duration, exemplar={"trace_id": format(trace_id, "032x")} if keep else None
         )
-        outcome = "error" if status >= 500 or error is not None else "success"
+        outcome = "error" if failed else "success"
         TENANT_REQUESTS.labels(self.accounts.label(tenant.get("account_id")), outcome).inc()
 
     def _rejected(self, attribute: str) -> None:
