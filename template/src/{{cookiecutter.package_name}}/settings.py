@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Environment = Literal["development", "production", "test"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+# Where whole-trace sampling decisions are made (telemetry/sampling.py).
+SamplingMode = Literal["service", "collector"]
 
 # Share of ordinary traces exported per environment when LOGFIRE_TRACE_SAMPLE_RATE is not set
 # (failed and slow requests are always exported).
@@ -61,6 +63,14 @@ class Settings(BaseSettings):
         description=(
             "Share of ordinary traces exported; defaults to 1.0, or 0.1 in production. Failed "
             "and slow requests are always exported."
+        ),
+    )
+    trace_sampling: SamplingMode = Field(
+        default="service",
+        description=(
+            "`service`: this service keeps the sample rate's share of traces (the same ones in "
+            "every service) and every failed or slow request. `collector`: it records and "
+            "exports every trace, and an OpenTelemetry Collector's tail sampling decides."
         ),
     )
     slow_request_seconds: float = Field(

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 {% if cookiecutter.with_httpx or cookiecutter.with_sqlalchemy or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics -%}
 from .instrumentations import instrument_libraries
 {% endif -%}
-from .logfire_config import TracePolicy, configure_logfire
+from .logfire_config import configure_logfire
 from .logs import configure_logging
+from .sampling import TracePolicy
 from .tenant import current_tenant
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ def configure_telemetry(
 ) -> TracePolicy:
     """Configure Logfire, the instrumented libraries and logging; returns the trace policy."""
     policy = TracePolicy(
-        rate=settings.trace_sample_rate, slow_seconds=settings.slow_request_seconds
+        mode=settings.trace_sampling,
+        rate=settings.trace_sample_rate,
+        slow_seconds=settings.slow_request_seconds,
     )
     configure_logfire(
         settings,

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import logfire
 from opentelemetry.propagate import set_global_textmap
-from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
+from .sampling import LateSpanIds, now_ns
 from .tenant import TENANT_ATTRIBUTES
 
 if TYPE_CHECKING:
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
 
     from ..settings import LogLevel, Settings
+    from .sampling import TracePolicy
 
 # Logfire's level names: standard logging's `critical` is Logfire's `fatal`.
 LOGFIRE_LEVELS: dict[LogLevel, logfire.LevelName] = {
@@ -38,34 +38,6 @@ SERVICE_NAME = "{{ cookiecutter.project_slug }}"
 # OpenTelemetry's default is 10 s per export attempt, retried until that deadline: with the
 # collector down, shutdown would hang that long. 2 s bounds it (override with the same variable).
 DEFAULT_OTLP_TIMEOUT_SECONDS = "2"
-
-
-@dataclass(frozen=True, slots=True)
-class TracePolicy:
-    """Which traces leave the process: every failed or slow one, and `rate` of the others.
-
-    Logfire's tail sampling decides once a trace is over: a trace with an error-level span or log
-    (a 5xx response, an exception, `logger.error`) or one longer than `slow_seconds` is exported
-    whole, the rest with probability `rate`, chosen by trace id.
-    """
-
-    rate: float
-    slow_seconds: float
-
-    def sampling_options(self) -> logfire.SamplingOptions:
-        return logfire.SamplingOptions.level_or_duration(
-            level_threshold="error",
-            duration_threshold=self.slow_seconds,
-            background_rate=self.rate,
-        )
-
-    def keeps(self, trace_id: int, *, failed: bool, duration: float) -> bool:
-        """Whether a request's trace is exported: the metrics link only to traces that exist."""
-        if failed or duration > self.slow_seconds:
-            return True
-        # The same test Logfire applies to a trace id for the background rate.
-        limit = TraceIdRatioBased.get_bound_for_rate(self.rate)
-        return (trace_id & TraceIdRatioBased.TRACE_ID_LIMIT) < limit
 
 
 def keep_tenant_ids(match: logfire.ScrubMatch) -> Any:
@@ -101,6 +73,8 @@ def configure_logfire(
         else False,
         min_level=level,
         sampling=policy.sampling_options(),
+        # Spans recorded after the fact keep their request's ids and times (sampling.py).
+        advanced=logfire.AdvancedOptions(id_generator=LateSpanIds(), ns_timestamp_generator=now_ns),
         scrubbing=logfire.ScrubbingOptions(callback=keep_tenant_ids),
         distributed_tracing=settings.distributed_tracing,
         # No source inspection of `logfire.info(f"...")` calls: it costs on every call.

@@ -2,7 +2,9 @@
 
 One way out for every record: {% if cookiecutter.with_loguru %}loguru forwards to standard logging, whose {% endif %}root logger has
 - Logfire's handler: a record becomes a Logfire log, with the trace context and tenant ids, and is
-  exported with its trace (development: printed on the console);
+  exported with its trace (development: printed on the console). Inside a request whose trace is
+  not recorded (sampling.py) the record waits in the request's `HeldRecords` instead: it reaches
+  Logfire only if the request turns out failed or slow;
 - in production, a stdout handler writing one JSON object per line for EVERY record at or above
   LOG_LEVEL, whether its trace is exported or not, with trace_id, span_id and the tenant ids.
   Its fields are scrubbed by Logfire's own scrubber, so stdout and spans redact the same things.
@@ -13,6 +15,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import logfire
@@ -22,6 +28,7 @@ from loguru import logger as loguru_logger
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
+from .sampling import at_time
 from .tenant import current_tenant
 
 # Marks the handlers installed here, so that configuring again (tests) replaces them.
@@ -29,6 +36,61 @@ _OWNED = "_service_telemetry_handler"
 # Fields every line has; the record's other fields (its `extra=`) are scrubbed. Tracebacks are
 # not, as Logfire leaves a span's exception alone.
 _UNSCRUBBED = frozenset({"timestamp", "level", "logger", "message", "exc_info", "stack_info"})
+# Records a request holds at most (the latest are kept: they are the ones nearest a failure).
+MAX_HELD_RECORDS = 100
+
+
+class HeldRecords:
+    """The std-logging records of one request that is not recorded, until it is over."""
+
+    def __init__(self) -> None:
+        self.records: deque[tuple[ToLogfire, logging.LogRecord]] = deque(maxlen=MAX_HELD_RECORDS)
+        self.error_logged = False
+        self.open = True
+
+    def add(self, handler: ToLogfire, record: logging.LogRecord) -> None:
+        self.records.append((handler, record))
+        self.error_logged = self.error_logged or record.levelno >= logging.ERROR
+
+    def send_to_logfire(self) -> None:
+        """Emits the records into the current span, each at the time it was logged."""
+        for handler, record in self.records:
+            with at_time(int(record.created * 1e9)):
+                handler.send(record)
+        self.records.clear()
+
+
+_held_records: ContextVar[HeldRecords | None] = ContextVar("held_records", default=None)
+
+
+@contextmanager
+def hold_records() -> Iterator[HeldRecords]:
+    """Std-logging records of the request running here wait in the returned HeldRecords."""
+    held = HeldRecords()
+    token = _held_records.set(held)
+    try:
+        yield held
+    finally:
+        held.open = False  # a task the request left running logs as if outside it
+        _held_records.reset(token)
+
+
+class ToLogfire(logfire.LogfireLoggingHandler):
+    """Logfire's handler, except that an unrecorded request's records wait in its HeldRecords.
+
+    Logfire formats, inspects and scrubs a record before it learns that its span is not recorded:
+    holding the record instead is what makes an unrecorded request cheap.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        held = _held_records.get()
+        if held is not None and held.open:
+            held.add(self, record)
+        else:
+            self.send(record)
+
+    def send(self, record: logging.LogRecord) -> None:
+        super().emit(record)
 
 
 class JsonLines(JsonFormatter):
@@ -78,7 +140,7 @@ def configure_logging(log_level: str, *, json_lines: bool) -> None:
     # Records Logfire must not turn into spans (its exporters' own, say) go to the handler's
     # fallback, by default plain text on stderr: with JSON lines they are on stdout already.
     fallback = logging.NullHandler() if json_lines else logging.StreamHandler()
-    handlers: list[logging.Handler] = [logfire.LogfireLoggingHandler(fallback=fallback)]
+    handlers: list[logging.Handler] = [ToLogfire(fallback=fallback)]
     if json_lines:
         to_stdout = logging.StreamHandler(sys.stdout)
         to_stdout.setFormatter(JsonLines())

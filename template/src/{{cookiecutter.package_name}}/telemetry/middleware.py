@@ -9,19 +9,24 @@ Per request, in this order:
 - one SERVER span through Logfire's tracer, renamed after the route template once the router ran
   (`GET /items/{item_id}`), with the HTTP semantic-convention attributes;
 - a log line for every 5xx or exception (and for every request with ACCESS_LOG on), and the RED
-  metrics, labelled by route template. Probes and scrapes are left out of all of it.
+  metrics, labelled by route template. Probes and scrapes are left out of all of it;
+- a request whose trace is not recorded (sampling.py) holds its log records; if it failed or was
+  slow, its SERVER span is recorded once it is over, with the ids, times and records it had.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import logfire
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from .logs import HeldRecords, hold_records
 from .metrics import (
     ACTIVE_REQUESTS,
     HEADER_REJECTIONS,
@@ -32,13 +37,16 @@ from .metrics import (
     UNMATCHED_ROUTE,
     AccountLabels,
 )
+from .sampling import KEPT_BECAUSE, recorded_as
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from opentelemetry.context import Context
+    from opentelemetry.util.types import AttributeValue
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from .logfire_config import TracePolicy
+    from .sampling import TracePolicy
     from .tenant import TenantHeaders
 
 logger = logging.getLogger(__name__)
@@ -67,6 +75,39 @@ def error_type(status: int, error: BaseException | None) -> str | None:
     if error is not None:
         return type(error).__qualname__
     return str(status) if status >= 500 else None
+
+
+@dataclass(slots=True)
+class _Request:
+    """What one request did, as the middleware saw it."""
+
+    scope: Scope
+    method: str
+    status: int
+    error: BaseException | None
+    duration: float
+    tenant: dict[str, str]
+    # Why its trace is exported whatever the sampling: "error", "slow" or None.
+    kept_because: str | None = None
+
+    def attributes(self, route: str | None) -> dict[str, AttributeValue]:
+        """The SERVER span's HTTP semantic-convention attributes."""
+        scope = self.scope
+        attributes: dict[str, AttributeValue] = {
+            "http.request.method": self.method,
+            "http.response.status_code": self.status,
+            "url.path": scope["path"],
+            "url.scheme": scope["scheme"],
+            "network.protocol.version": scope["http_version"],
+        }
+        if route:
+            attributes["http.route"] = route
+        if self.method == OTHER_METHOD:
+            attributes["http.request.method_original"] = scope["method"]
+        failed_as = error_type(self.status, self.error)
+        if failed_as is not None:
+            attributes["error.type"] = failed_as
+        return attributes
 
 
 class TelemetryMiddleware:
@@ -115,16 +156,22 @@ class TelemetryMiddleware:
         with logfire.set_baggage(**tenant):
             # The global propagator is W3C tracecontext only (logfire_config.py); Logfire wraps it
             # so that DISTRIBUTED_TRACING=false ignores incoming trace ids.
-            parent = propagate.extract(carrier, context.get_current()) if carrier else None
-            with self.tracer.start_as_current_span(
-                span_name(method, route=None),
-                context=parent,
-                kind=SpanKind.SERVER,
-                # Until the router has run, the span shows the raw path (the console prints it).
-                attributes={"logfire.msg": f"{scope['method']} {scope['path']}"},
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
+            current = context.get_current()  # the request's baggage
+            parent = propagate.extract(carrier, current) if carrier else current
+            start_ns = time.time_ns()
+            with (
+                self.tracer.start_as_current_span(
+                    span_name(method, route=None),
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    # Until the router has run, the span shows the raw path (the console prints it).
+                    attributes={"logfire.msg": f"{scope['method']} {scope['path']}"},
+                    start_time=start_ns,
+                    record_exception=False,
+                    set_status_on_exception=False,
+                ) as span,
+                self._held_records(span) as held,
+            ):
                 active = ACTIVE_REQUESTS.labels(method)
                 active.inc()
                 start = time.perf_counter()
@@ -136,7 +183,16 @@ class TelemetryMiddleware:
                 finally:
                     duration = time.perf_counter() - start
                     active.dec()
-                    self._finish(span, scope, method, status, error, duration, tenant)
+                    request = _Request(scope, method, status, error, duration, tenant)
+                    self._finish(span, request, held)
+                    if held is not None:
+                        self._record_late(span, parent, start_ns, request, held)
+
+    def _held_records(self, span: trace.Span) -> AbstractContextManager[HeldRecords | None]:
+        """An unrecorded request holds its records, unless every trace goes to a collector."""
+        if span.is_recording() or not self.policy.holds_unrecorded_requests:
+            return nullcontext()
+        return hold_records()
 
     def _read_headers(self, scope: Scope) -> tuple[dict[str, str], dict[str, str], Scope]:
         """The valid tenant ids, the trace context headers, and the scope without `baggage`.
@@ -167,58 +223,79 @@ class TelemetryMiddleware:
             scope = {**scope, "headers": headers}
         return tenant, carrier, scope
 
-    def _finish(
-        self,
-        span: trace.Span,
-        scope: Scope,
-        method: str,
-        status: int,
-        error: BaseException | None,
-        duration: float,
-        tenant: dict[str, str],
-    ) -> None:
-        route = route_template(scope)
-        span.update_name(span_name(method, route))
-        span.set_attributes(
-            {
-                "http.request.method": method,
-                "http.response.status_code": status,
-                "url.path": scope["path"],
-                "url.scheme": scope["scheme"],
-                "network.protocol.version": scope["http_version"],
-            }
-        )
-        if route:
-            span.set_attribute("http.route", route)
-        if method == OTHER_METHOD:
-            span.set_attribute("http.request.method_original", scope["method"])
-        failed_as = error_type(status, error)
-        failed = failed_as is not None
+    def _finish(self, span: trace.Span, request: _Request, held: HeldRecords | None) -> None:
+        route = route_template(request.scope)
+        span.update_name(span_name(request.method, route))
+        attributes = request.attributes(route)
+        span.set_attributes(attributes)
+        failed_as = error_type(request.status, request.error)
         if failed_as is not None:
-            span.set_attribute("error.type", failed_as)
             span.set_status(StatusCode.ERROR)
-            if error is not None:
-                span.record_exception(error)
+            if request.error is not None:
+                span.record_exception(request.error)
 
-        if failed or self.access_log:
+        if failed_as is not None or self.access_log:
             # `GET /items/{item_id} 404 in 1.2 ms account_id=acct-42`: readable on the console;
             # the JSON line and the Logfire log carry the same facts as fields.
-            line = (scope["method"], route or scope["path"], status, duration * 1000)
-            ids = "".join(f" {name}={value}" for name, value in tenant.items())
+            scope = request.scope
+            status, milliseconds = request.status, request.duration * 1000
+            line = (scope["method"], route or scope["path"], status, milliseconds)
+            ids = "".join(f" {name}={value}" for name, value in request.tenant.items())
             fields = {"http.route": route, "http.response.status_code": status}
             if failed_as is not None:
                 fields["error.type"] = failed_as
+                error = request.error
                 logger.error("%s %s %d in %.1f ms%s", *line, ids, exc_info=error, extra=fields)
             else:
                 logger.info("%s %s %d in %.1f ms%s", *line, ids, extra=fields)
 
-        trace_id = span.get_span_context().trace_id
-        keep = self.policy.keeps(trace_id, failed=failed, duration=duration)
-        REQUEST_DURATION.labels(method, route or UNMATCHED_ROUTE, str(status)).observe(
-            duration, exemplar={"trace_id": format(trace_id, "032x")} if keep else None
+        request.kept_because = (
+            "error"
+            if failed_as is not None or (held is not None and held.error_logged)
+            else "slow"
+            if request.duration > self.policy.slow_seconds
+            else None
         )
-        outcome = "error" if failed else "success"
-        TENANT_REQUESTS.labels(self.accounts.label(tenant.get("account_id")), outcome).inc()
+        exported = self.policy.exports(
+            recorded=span.is_recording(), kept_because=request.kept_because
+        )
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        labels = (request.method, route or UNMATCHED_ROUTE, str(request.status))
+        REQUEST_DURATION.labels(*labels).observe(
+            request.duration, exemplar={"trace_id": trace_id} if exported else None
+        )
+        outcome = "error" if failed_as is not None else "success"
+        TENANT_REQUESTS.labels(self.accounts.label(request.tenant.get("account_id")), outcome).inc()
+
+    def _record_late(
+        self,
+        unrecorded: trace.Span,
+        parent: Context,
+        start_ns: int,
+        request: _Request,
+        held: HeldRecords,
+    ) -> None:
+        """The SERVER span of a failed or slow request that was not recorded, after the fact."""
+        if request.kept_because is None:
+            return
+        end_ns = start_ns + int(request.duration * 1e9)
+        route = route_template(request.scope)
+        attributes = {**request.attributes(route), KEPT_BECAUSE: request.kept_because}
+        with recorded_as(unrecorded.get_span_context()):
+            span = self.tracer.start_span(
+                span_name(request.method, route),
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes=attributes,
+                start_time=start_ns,
+            )
+        if error_type(request.status, request.error) is not None:
+            span.set_status(StatusCode.ERROR)
+        if request.error is not None:
+            span.record_exception(request.error, timestamp=end_ns)
+        with trace.use_span(span):
+            held.send_to_logfire()
+        span.end(end_time=end_ns)
 
     def _rejected(self, attribute: str) -> None:
         """Counts a dropped tenant header value, and says so at most once a minute per header."""
