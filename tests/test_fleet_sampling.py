@@ -151,9 +151,7 @@ def fleet(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[FleetRun]:
         finally:
             for process in processes.values():
                 process.kill()
-        yield FleetRun(
-            receiver.spans, pids, caller_traces, failure_traces, statuses, exemplars, stdout
-        )
+        yield FleetRun(receiver.spans, pids, caller_traces, failure_traces, statuses, exemplars, stdout)
 
 
 def test_the_requests_were_answered_as_planned(fleet: FleetRun) -> None:
