@@ -1,14 +1,18 @@
 """What a generated service's telemetry costs per request, against bare FastAPI and the DIY stack.
 
 Generates the default service from this repository's working tree, boots each mode as a real
-uvicorn process (one worker, loopback) and drives `GET /items/1` with wrk, in interleaved
-rounds. From the repository root:
+uvicorn process (one worker, loopback) and drives two routes with wrk, in interleaved rounds:
+`GET /items/1` (one event) and `GET /deep` (three nested spans, two events). From the repository
+root:
 
     uv run benchmarks/run.py --rounds 5 --duration 8 --output benchmarks/results.json
 
-Modes: `bare` (FastAPI alone, apps/bare.py), `production` (the service, ENVIRONMENT=production,
-its default sampling), `traced` (every request traced), `diy` and `diy-traced` (apps/diy.py at
-the same two sampling rates). Telemetry goes to a local OTLP sink (apps/sink.py), stdout to a file.
+Modes: `bare` (FastAPI alone, apps/bare.py); the service (apps/service.py) as `production`
+(ENVIRONMENT=production, its default sampling: 10% by trace id, every failed or slow request),
+`traced` (every request traced) and `collector` (TRACE_SAMPLING=collector: every trace exported
+for a collector's tail sampling); the do-it-yourself stack (apps/diy.py) as `diy` (head sampling
+10%), `diy-tail` (Logfire's `level_or_duration` tail sampling at 10%: the service's guarantee)
+and `diy-traced` (100%). Telemetry goes to a local OTLP sink (apps/sink.py), stdout to a file.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,16 +38,27 @@ from copier import run_copy
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
-MODES = ("bare", "production", "traced", "diy", "diy-traced")
+MODES = ("bare", "production", "traced", "collector", "diy", "diy-tail", "diy-traced")
+ROUTES = {"items": "/items/1", "deep": "/deep"}
+# The service's default SLOW_REQUEST_SECONDS (the latency SLO threshold answer), for diy-tail.
+SLOW_SECONDS = "0.5"
 # What each mode adds to the base environment (ENVIRONMENT=production, HOST, PORT, OTLP endpoint).
 MODE_ENV = {
     "bare": {},
     "production": {},  # LOGFIRE_TRACE_SAMPLE_RATE unset: the service's production default
     "traced": {"LOGFIRE_TRACE_SAMPLE_RATE": "1.0"},
+    "collector": {"TRACE_SAMPLING": "collector"},
     "diy": {"DIY_HEAD_SAMPLE_RATE": "0.1"},
+    "diy-tail": {"DIY_TAIL_SAMPLE_RATE": "0.1", "DIY_SLOW_SECONDS": SLOW_SECONDS},
     "diy-traced": {"DIY_HEAD_SAMPLE_RATE": "1.0"},
 }
-COMPARISONS = (("production", "diy"), ("traced", "diy-traced"))
+# (service mode, DIY mode): the same guarantee, or the DIY stack's cheaper one.
+COMPARISONS = (
+    ("production", "diy-tail"),
+    ("production", "diy"),
+    ("traced", "diy-traced"),
+    ("collector", "diy-traced"),
+)
 # The comparison apps' packages, added to the generated service's environment.
 EXTRA_PACKAGES = ("logfire[fastapi]", "prometheus-fastapi-instrumentator")
 TENANT_HEADERS = {
@@ -63,7 +77,7 @@ LEAKY_NAMES = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "ENVIRONM
 class Service:
     root: Path
     python: Path
-    console_script: Path
+    package: str
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,7 @@ class Load:
 @dataclass(frozen=True)
 class Run:
     mode: str
+    route: str
     round: int
     load: Load
     cpu_us_per_request: float
@@ -115,10 +130,10 @@ def generate_service(workdir: Path) -> Service:
     pinned.write_text(subprocess.run(freeze, env=env, capture_output=True, text=True, check=True).stdout)
     install = ["uv", "pip", "install", "--quiet", "--python", str(python), "--constraint", str(pinned)]
     subprocess.run([*install, *EXTRA_PACKAGES], cwd=root, env=env, check=True)
-    (script,) = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
-    for app in ("bare.py", "diy.py"):
+    (package,) = [path.parent.name for path in (root / "src").glob("*/__init__.py")]
+    for app in ("bare.py", "diy.py", "service.py"):
         shutil.copy(APPS / app, workdir / app)
-    return Service(root=root, python=python, console_script=root / ".venv" / "bin" / script)
+    return Service(root=root, python=python, package=package)
 
 
 def package_versions(service: Service) -> dict[str, str]:
@@ -151,8 +166,8 @@ def free_port() -> int:
 
 
 def mode_command(mode: str, service: Service, workdir: Path, port: int) -> list[str]:
-    if mode in ("production", "traced"):
-        return [str(service.console_script)]
+    if mode in ("production", "traced", "collector"):
+        return [str(service.python), str(workdir / "service.py")]
     app = "bare" if mode == "bare" else "diy"
     uvicorn = ["-m", "uvicorn", f"{app}:app", "--app-dir", str(workdir), "--no-access-log"]
     return [str(service.python), *uvicorn, "--host", "127.0.0.1", "--port", str(port)]
@@ -210,6 +225,7 @@ def start_mode(
         HOST="127.0.0.1",
         PORT=str(port),
         OTEL_EXPORTER_OTLP_ENDPOINT=sink_url,
+        SERVICE_PACKAGE=service.package,
         **MODE_ENV[mode],
     )
     command = mode_command(mode, service, workdir, port)
@@ -226,27 +242,32 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def run_mode(mode: str, round_: int, args: argparse.Namespace, service: Service, workdir: Path) -> Run:
-    """Boot one mode, warm it up, measure it under wrk, stop it."""
+def run_mode(mode: str, round_: int, args: argparse.Namespace, service: Service, workdir: Path) -> list[Run]:
+    """Boot one mode, then warm up and measure each route under wrk in turn; stop it."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}/items/1"
+    base = f"http://127.0.0.1:{port}"
     process = start_mode(mode, port, args.sink_url, service, workdir)
+    runs = []
     try:
-        wait_ready(url, process)
-        if args.warmup:
-            run_wrk(url, args.warmup, args.connections)
-        sink_bytes(args.sink_url)
-        cpu_before, started = cpu_seconds(process.pid), time.monotonic()
-        load = run_wrk(url, args.duration, args.connections)
-        cpu, elapsed = cpu_seconds(process.pid) - cpu_before, time.monotonic() - started
-        exported = sink_bytes(args.sink_url)
+        wait_ready(base + ROUTES["items"], process)
+        for route, path in ROUTES.items():
+            if args.warmup:
+                run_wrk(base + path, args.warmup, args.connections)
+            sink_bytes(args.sink_url)
+            cpu_before, started = cpu_seconds(process.pid), time.monotonic()
+            load = run_wrk(base + path, args.duration, args.connections)
+            cpu, elapsed = cpu_seconds(process.pid) - cpu_before, time.monotonic() - started
+            exported = sink_bytes(args.sink_url)
+            requests = max(1, load.requests)
+            runs.append(
+                Run(mode, route, round_, load, cpu / requests * 1e6, cpu / elapsed, exported / requests)
+            )
     except Exception:
         sys.stderr.write(f"--- {mode} stderr ---\n{(workdir / f'{mode}.stderr').read_text()[-5000:]}\n")
         raise
     finally:
         stop(process)
-    requests = max(1, load.requests)
-    return Run(mode, round_, load, cpu / requests * 1e6, cpu / elapsed, exported / requests)
+    return runs
 
 
 def rotated(modes: list[str], round_: int) -> list[str]:
@@ -255,11 +276,17 @@ def rotated(modes: list[str], round_: int) -> list[str]:
     return modes[shift:] + modes[:shift]
 
 
-def paired_ratio(runs: list[Run], mode: str, base: str, cpu: bool = False) -> dict[str, float] | None:
-    """Median, lowest and highest, round by round, of mode's req/s over base's (or, with `cpu`,
-    of base's CPU per request over mode's: how many times less CPU mode spends on a request)."""
-    bases = {run.round: run for run in runs if run.mode == base}
-    pairs = [(run, bases[run.round]) for run in runs if run.mode == mode and run.round in bases]
+def paired_ratio(
+    runs: list[Run], mode: str, base: str, route: str, cpu: bool = False
+) -> dict[str, float] | None:
+    """Median, lowest and highest, round by round, of mode's req/s over base's on one route (or,
+    with `cpu`, of base's CPU per request over mode's: how many times less CPU mode spends)."""
+    bases = {run.round: run for run in runs if run.mode == base and run.route == route}
+    pairs = [
+        (run, bases[run.round])
+        for run in runs
+        if run.mode == mode and run.route == route and run.round in bases
+    ]
     if cpu:
         ratios = [other.cpu_us_per_request / run.cpu_us_per_request for run, other in pairs]
     else:
@@ -269,34 +296,40 @@ def paired_ratio(runs: list[Run], mode: str, base: str, cpu: bool = False) -> di
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
-def summarize(runs: list[Run], modes: list[str]) -> dict[str, dict[str, Any]]:
-    summary: dict[str, dict[str, Any]] = {}
-    for mode in modes:
-        mine = [run for run in runs if run.mode == mode]
-        summary[mode] = {
-            "rps": statistics.median(run.load.rps for run in mine),
-            "vs_bare": paired_ratio(runs, mode, "bare"),
-            "p99_ms": statistics.median(run.load.p99_ms for run in mine),
-            "cpu_us_per_request": statistics.median(run.cpu_us_per_request for run in mine),
-            # bare's CPU per request over mode's: the req/s ratio a CPU-bound server would reach.
-            "cpu_vs_bare": paired_ratio(runs, mode, "bare", cpu=True),
-            "cpu_busy": statistics.median(run.cpu_busy for run in mine),
-            "export_bytes_per_request": statistics.median(run.export_bytes_per_request for run in mine),
-            "non_2xx": sum(run.load.non_2xx for run in mine),
-            "socket_errors": sum(run.load.socket_errors for run in mine),
-        }
+def summarize(runs: list[Run], modes: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per route, per mode: medians over rounds."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for route in ROUTES:
+        summary[route] = {}
+        for mode in modes:
+            mine = [run for run in runs if run.mode == mode and run.route == route]
+            summary[route][mode] = {
+                "rps": statistics.median(run.load.rps for run in mine),
+                "vs_bare": paired_ratio(runs, mode, "bare", route),
+                "p99_ms": statistics.median(run.load.p99_ms for run in mine),
+                "cpu_us_per_request": statistics.median(run.cpu_us_per_request for run in mine),
+                # bare's CPU per request over mode's: the req/s ratio a CPU-bound server reaches.
+                "cpu_vs_bare": paired_ratio(runs, mode, "bare", route, cpu=True),
+                "cpu_busy": statistics.median(run.cpu_busy for run in mine),
+                "export_bytes_per_request": statistics.median(run.export_bytes_per_request for run in mine),
+                "non_2xx": sum(run.load.non_2xx for run in mine),
+                "socket_errors": sum(run.load.socket_errors for run in mine),
+            }
     return summary
 
 
-def compare(runs: list[Run], modes: list[str]) -> dict[str, dict[str, Any]]:
-    """The service's modes against the DIY stack at the same sampling rate."""
+def compare(runs: list[Run], modes: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per route, the service's modes against the DIY stack's."""
     return {
-        f"{mode}/{base}": {
-            "rps": paired_ratio(runs, mode, base),
-            "cpu_per_request": paired_ratio(runs, mode, base, cpu=True),
+        route: {
+            f"{mode}/{base}": {
+                "rps": paired_ratio(runs, mode, base, route),
+                "cpu_per_request": paired_ratio(runs, mode, base, route, cpu=True),
+            }
+            for mode, base in COMPARISONS
+            if mode in modes and base in modes
         }
-        for mode, base in COMPARISONS
-        if mode in modes and base in modes
+        for route in ROUTES
     }
 
 
@@ -308,22 +341,25 @@ def spread(ratio: dict[str, float] | None, unit: str = "") -> str:
 
 def format_table(summary: dict[str, dict[str, Any]], comparisons: dict[str, Any]) -> str:
     lines = [
-        "| mode | req/s | vs bare (min-max) | p99 ms | CPU us/req | CPU vs bare"
+        "| route | mode | req/s | vs bare (min-max) | p99 ms | CPU us/req | CPU vs bare"
         " | CPU busy | export B/req | non-2xx | socket errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for mode, row in summary.items():
-        lines.append(
-            f"| {mode} | {row['rps']:.0f} | {spread(row['vs_bare'])} | {row['p99_ms']:.2f}"
-            f" | {row['cpu_us_per_request']:.0f} | {spread(row['cpu_vs_bare'])} | {row['cpu_busy']:.2f}"
-            f" | {row['export_bytes_per_request']:.0f} | {row['non_2xx']} | {row['socket_errors']} |"
-        )
-    lines.append("")
-    for name, ratios in comparisons.items():
-        lines.append(
-            f"{name}: {spread(ratios['rps'], 'x')} the req/s,"
-            f" {spread(ratios['cpu_per_request'], 'x')} less CPU per request"
-        )
+    for route, rows in summary.items():
+        for mode, row in rows.items():
+            lines.append(
+                f"| {route} | {mode} | {row['rps']:.0f} | {spread(row['vs_bare'])}"
+                f" | {row['p99_ms']:.2f} | {row['cpu_us_per_request']:.0f}"
+                f" | {spread(row['cpu_vs_bare'])} | {row['cpu_busy']:.2f}"
+                f" | {row['export_bytes_per_request']:.0f} | {row['non_2xx']} | {row['socket_errors']} |"
+            )
+    for route, pairs in comparisons.items():
+        lines.append("")
+        for name, ratios in pairs.items():
+            lines.append(
+                f"{route} {name}: {spread(ratios['rps'], 'x')} the req/s,"
+                f" {spread(ratios['cpu_per_request'], 'x')} less CPU per request"
+            )
     return "\n".join(lines)
 
 
@@ -349,13 +385,13 @@ def measure(args: argparse.Namespace, service: Service, workdir: Path) -> list[R
     runs = []
     for round_ in range(args.rounds):
         for mode in rotated(args.modes, round_):
-            run = run_mode(mode, round_, args, service, workdir)
-            runs.append(run)
-            say(
-                f"round {round_ + 1}/{args.rounds} {mode:10} {run.load.rps:7.0f} req/s"
-                f"  p99 {run.load.p99_ms:6.2f} ms  cpu {run.cpu_us_per_request:4.0f} us/req"
-                f" (busy {run.cpu_busy:.2f})"
-            )
+            for run in run_mode(mode, round_, args, service, workdir):
+                runs.append(run)
+                say(
+                    f"round {round_ + 1}/{args.rounds} {mode:10} {run.route:5} {run.load.rps:7.0f} req/s"
+                    f"  p99 {run.load.p99_ms:6.2f} ms  cpu {run.cpu_us_per_request:4.0f} us/req"
+                    f" (busy {run.cpu_busy:.2f})"
+                )
     return runs
 
 

@@ -21,3 +21,8 @@ async def get_item(item_id: int) -> Item:
     if item is None:
         raise HTTPException(404, detail="item not found")
     return item
+
+
+@app.get("/deep")
+async def deep() -> dict[str, int]:
+    return {"steps": 2}

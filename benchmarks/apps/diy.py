@@ -2,7 +2,9 @@
 
 Logfire's FastAPI instrumentation, prometheus-fastapi-instrumentator's RED metrics, the tenant
 headers as baggage on every span and log, and the route logging the same event as the service.
-The head sampling rate comes from DIY_HEAD_SAMPLE_RATE (the runner sets it per mode).
+The runner sets the sampling per mode: DIY_HEAD_SAMPLE_RATE (Logfire's head sampling), or
+DIY_TAIL_SAMPLE_RATE (`SamplingOptions.level_or_duration`: every trace with an error or slower
+than DIY_SLOW_SECONDS kept, that share of the others: the service's guarantee, the docs' way).
 """
 
 import os
@@ -47,11 +49,15 @@ class Item(BaseModel):
 
 ITEMS = {1: Item(id=1, name="hammer"), 2: Item(id=2, name="screwdriver")}
 
-logfire.configure(
-    send_to_logfire="if-token-present",
-    service_name="bench-diy",
-    sampling=logfire.SamplingOptions(head=float(os.environ["DIY_HEAD_SAMPLE_RATE"])),
-)
+if "DIY_TAIL_SAMPLE_RATE" in os.environ:
+    sampling = logfire.SamplingOptions.level_or_duration(
+        level_threshold="error",
+        duration_threshold=float(os.environ["DIY_SLOW_SECONDS"]),
+        background_rate=float(os.environ["DIY_TAIL_SAMPLE_RATE"]),
+    )
+else:
+    sampling = logfire.SamplingOptions(head=float(os.environ["DIY_HEAD_SAMPLE_RATE"]))
+logfire.configure(send_to_logfire="if-token-present", service_name="bench-diy", sampling=sampling)
 app = FastAPI()
 app.add_middleware(TenantBaggage)
 logfire.instrument_fastapi(app)
@@ -65,3 +71,13 @@ async def get_item(item_id: int) -> Item:
         raise HTTPException(404, detail="item not found")
     logfire.info("item.fetched", item_id=item_id)
     return item
+
+
+@app.get("/deep")
+async def deep() -> dict[str, int]:
+    with logfire.span("deep.load"):
+        with logfire.span("deep.compute"):
+            logfire.info("deep.computed", step=1)
+        with logfire.span("deep.render"):
+            logfire.info("deep.rendered", step=2)
+    return {"steps": 2}
