@@ -225,14 +225,14 @@ class TelemetryMiddleware:
 
     def _finish(self, span: trace.Span, request: _Request, held: HeldRecords | None) -> None:
         route = route_template(request.scope)
-        span.update_name(span_name(request.method, route))
-        attributes = request.attributes(route)
-        span.set_attributes(attributes)
         failed_as = error_type(request.status, request.error)
-        if failed_as is not None:
-            span.set_status(StatusCode.ERROR)
-            if request.error is not None:
-                span.record_exception(request.error)
+        if span.is_recording():  # else nothing would read them
+            span.update_name(span_name(request.method, route))
+            span.set_attributes(request.attributes(route))
+            if failed_as is not None:
+                span.set_status(StatusCode.ERROR)
+                if request.error is not None:
+                    span.record_exception(request.error)
 
         if failed_as is not None or self.access_log:
             # `GET /items/{item_id} 404 in 1.2 ms account_id=acct-42`: readable on the console;
