@@ -278,7 +278,6 @@ class TelemetryMiddleware:
         """The SERVER span of a failed or slow request that was not recorded, after the fact."""
         if request.kept_because is None:
             return
-        end_ns = start_ns + int(request.duration * 1e9)
         route = route_template(request.scope)
         attributes = {**request.attributes(route), KEPT_BECAUSE: request.kept_because}
         with recorded_as(unrecorded.get_span_context()):
@@ -292,10 +291,11 @@ class TelemetryMiddleware:
         if error_type(request.status, request.error) is not None:
             span.set_status(StatusCode.ERROR)
         if request.error is not None:
-            span.record_exception(request.error, timestamp=end_ns)
+            span.record_exception(request.error)
         with trace.use_span(span):
             held.send_to_logfire()
-        span.end(end_time=end_ns)
+        # Now, as a recorded request's span ends once its records (the 5xx line too) are written.
+        span.end()
 
     def _rejected(self, attribute: str) -> None:
         """Counts a dropped tenant header value, and says so at most once a minute per header."""
