@@ -8,8 +8,11 @@
 - the Prometheus configuration and the rule file with `promtool check config` (the files as
   generated, laid out as compose mounts them); the end-to-end tests run them in a real Prometheus;
 - the Grafana provisioning files against the structure Grafana documents for them;
-- the collector's pipelines reference only receivers, processors and exporters defined in its
-  configuration and shipped by the pinned core distribution.
+- the collectors' pipelines (deploy/collector/: the gateway and the tail-sampling tier) reference
+  only receivers, processors and exporters defined in their configuration and shipped by the
+  pinned contrib distribution; the tiers are wired to each other, and the tail sampler's policies
+  follow their documented structure and keep what the service promises (failed, error-logged and
+  slow traces, the production rate of the others).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ LOCAL = Path("deploy/local")
 # The default layout, /metrics on its own port with the database (all_features), no dashboard,
 # no Kubernetes: every conditional part of the stack.
 VARIANTS = ("default", "all_features", "with_grafana_dashboard_off", "with_kubernetes_off")
-SERVICES = {"app", "otel-collector", "jaeger", "prometheus", "grafana"}
+SERVICES = {"app", "otel-collector", "otel-tail-sampler", "jaeger", "prometheus", "grafana"}
+COLLECTOR = Path("deploy/collector")
 
 
 def compose(project: Path) -> dict[str, Any]:
@@ -107,14 +111,19 @@ def test_compose_wiring(generated: Generated, variant: str) -> None:
         repository, _, tag = service["image"].rpartition(":")
         assert repository and any(c.isdigit() for c in tag) and tag != "latest", f"{name}: unpinned image"
 
-    # The service sends OTLP/HTTP to the collector's HTTP receiver.
+    # The service records every trace and sends OTLP/HTTP to the gateway tier's HTTP receiver,
+    # which routes each trace to the tail sampler, which stores the kept ones in Jaeger.
     app = services["app"]["environment"]
-    collector = yaml.safe_load((local / "otel-collector.yaml").read_text())
-    http_receiver = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert app["TRACE_SAMPLING"] == "collector"
+    gateway = yaml.safe_load((project / COLLECTOR / "gateway.yaml").read_text())
+    http_receiver = gateway["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
     assert app["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{http_receiver.rsplit(':', 1)[1]}"
-    assert float(app["LOGFIRE_TRACE_SAMPLE_RATE"]) == 1.0, "every request has a trace behind its exemplar"
-    # The collector's trace exporter is Jaeger's OTLP endpoint.
-    assert collector["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    assert bind_mounts(services["otel-collector"]) == {
+        "/etc/otelcol/config.yaml": "../collector/gateway.yaml"
+    }
+    sampler = services["otel-tail-sampler"]
+    assert bind_mounts(sampler) == {"/etc/otelcol/config.yaml": "../collector/tail-sampling.yaml"}
+    assert sampler["environment"]["TRACES_ENDPOINT"] == "jaeger:4317"
 
     # Prometheus scrapes the port /metrics is on, under the job name the rules and dashboard select,
     # and reads the rule file the PrometheusRule embeds.
@@ -297,58 +306,183 @@ def test_grafana_checks_refuse_typos(generated: Generated) -> None:
 
 
 # --- OpenTelemetry Collector ----------------------------------------------------------------------
-# Component types in the core distribution (otel/opentelemetry-collector) the stack pins: its
-# build manifest lists these among its receivers, processors and exporters.
-CORE_COMPONENTS = {
+# Component types of the contrib distribution (otel/opentelemetry-collector-contrib) that the
+# collector files may use: its build manifest lists these among its receivers, processors and
+# exporters (`loadbalancing` and `tail_sampling` are contrib-only).
+CONTRIB_COMPONENTS = {
     "receivers": {"otlp", "nop"},
-    "processors": {"batch", "memory_limiter"},
-    "exporters": {"otlp", "otlphttp", "debug", "nop"},
+    "processors": {"batch", "memory_limiter", "tail_sampling"},
+    "exporters": {"otlp", "otlphttp", "debug", "nop", "loadbalancing"},
 }
 PIPELINE_TYPES = {"traces", "metrics", "logs"}
+COLLECTOR_FILES = ("gateway.yaml", "tail-sampling.yaml")
 
 
 def pipeline_problems(config: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    used: dict[str, set[str]] = {kind: set() for kind in CORE_COMPONENTS}
+    used: dict[str, set[str]] = {kind: set() for kind in CONTRIB_COMPONENTS}
     for pipeline, spec in config["service"]["pipelines"].items():
         if pipeline.split("/")[0] not in PIPELINE_TYPES:
             problems.append(f"pipeline {pipeline}: unknown signal")
-        for kind in CORE_COMPONENTS:
+        for kind in CONTRIB_COMPONENTS:
             for name in spec.get(kind, []):
                 used[kind].add(name)
                 if name not in (config.get(kind) or {}):
                     problems.append(f"pipeline {pipeline}: {kind[:-1]} {name} is not defined")
         if not spec.get("receivers") or not spec.get("exporters"):
             problems.append(f"pipeline {pipeline}: needs a receiver and an exporter")
-    for kind, shipped in CORE_COMPONENTS.items():
+    for kind, shipped in CONTRIB_COMPONENTS.items():
         for name in config.get(kind) or {}:
             if name.split("/")[0] not in shipped:
-                problems.append(f"{kind[:-1]} {name}: not in the core distribution")
+                problems.append(f"{kind[:-1]} {name}: not in the contrib distribution")
             if name not in used[kind]:
                 problems.append(f"{kind[:-1]} {name}: defined but in no pipeline")
     return problems
 
 
+def collector_config(project: Path, name: str) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((project / COLLECTOR / name).read_text())
+    return config
+
+
+def env_default(value: str) -> str:
+    """`${env:NAME:-default}` (the collector's substitution) -> default."""
+    assert value.startswith("${env:") and ":-" in value, value
+    return value.removesuffix("}").split(":-", 1)[1]
+
+
 @pytest.mark.parametrize("variant", ["default", "all_features"])
-def test_collector_pipelines_use_only_defined_components(generated: Generated, variant: str) -> None:
+@pytest.mark.parametrize("name", COLLECTOR_FILES)
+def test_collector_pipelines_use_only_defined_components(
+    generated: Generated, variant: str, name: str
+) -> None:
     project = generated("copier", variant)
-    config = yaml.safe_load((project / LOCAL / "otel-collector.yaml").read_text())
-    assert pipeline_problems(config) == []
-    assert set(config["service"]["pipelines"]) == PIPELINE_TYPES, "the service sends all three signals"
-    image = compose(project)["services"]["otel-collector"]["image"]
-    assert image.startswith("otel/opentelemetry-collector:"), "CORE_COMPONENTS describes the core image"
+    assert pipeline_problems(collector_config(project, name)) == []
+    for service in ("otel-collector", "otel-tail-sampler"):
+        image = compose(project)["services"][service]["image"]
+        assert image.startswith("otel/opentelemetry-collector-contrib:"), "CONTRIB_COMPONENTS describes it"
 
 
-def test_pipeline_check_catches_dangling_components(generated: Generated) -> None:
-    config = yaml.safe_load((generated("copier", "default") / LOCAL / "otel-collector.yaml").read_text())
+def test_the_gateway_routes_whole_traces_to_the_tail_samplers(generated: Generated) -> None:
+    project = generated("copier", "default")
+    gateway = collector_config(project, "gateway.yaml")
+    assert set(gateway["service"]["pipelines"]) == PIPELINE_TYPES, "the service sends all three signals"
+    assert gateway["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
+    balancing = gateway["exporters"]["loadbalancing"]
+    assert balancing["routing_key"] == "traceID", "every span of a trace to the same sampler"
+    resolver = balancing["resolver"]["dns"]
+    assert env_default(resolver["hostname"]) in compose(project)["services"]
+    sampler = collector_config(project, "tail-sampling.yaml")
+    grpc = sampler["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    assert resolver["port"] == int(grpc.rsplit(":", 1)[1])
+    assert "otlp" in balancing["protocol"]
+
+
+# The tail_sampling processor's settings and the policy types this file uses, as the processor's
+# documentation lists them; unknown keys are refused, which is where typos hide.
+_POLICY_SETTINGS = {
+    "status_code": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["status_codes"],
+        "properties": {"status_codes": {"type": "array", "items": {"enum": ["OK", "ERROR", "UNSET"]}}},
+    },
+    "numeric_attribute": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["key", "min_value"],
+        "properties": {
+            "key": {"type": "string"},
+            "min_value": {"type": "integer"},
+            "max_value": {"type": "integer"},
+            "invert_match": {"type": "boolean"},
+        },
+    },
+    "latency": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["threshold_ms"],
+        "properties": {"threshold_ms": {"type": "integer", "minimum": 1}},
+    },
+    "probabilistic": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["sampling_percentage"],
+        "properties": {
+            "sampling_percentage": {"type": ["number", "string"]},
+            "hash_salt": {"type": "string"},
+        },
+    },
+}
+TAIL_SAMPLING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["decision_wait", "num_traces", "policies"],
+    "properties": {
+        "decision_wait": {"type": "string", "pattern": "^[0-9]+(ms|s|m)$"},
+        "num_traces": {"type": "integer", "minimum": 1},
+        "expected_new_traces_per_sec": {"type": "integer", "minimum": 1},
+        "policies": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "type", policy],
+                        "properties": {
+                            "name": _STRING,
+                            "type": {"const": policy},
+                            policy: settings,
+                        },
+                    }
+                    for policy, settings in _POLICY_SETTINGS.items()
+                ]
+            },
+        },
+    },
+}
+
+
+def policies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    jsonschema.validate(config["processors"]["tail_sampling"], TAIL_SAMPLING_SCHEMA)
+    return {
+        policy["type"]: policy[policy["type"]] for policy in config["processors"]["tail_sampling"]["policies"]
+    }
+
+
+@pytest.mark.parametrize("variant", ["default", "all_features"])
+def test_the_tail_sampler_keeps_what_the_service_promises(generated: Generated, variant: str) -> None:
+    project = generated("copier", variant)
+    kept = policies(collector_config(project, "tail-sampling.yaml"))
+    assert kept["status_code"]["status_codes"] == ["ERROR"], "a 5xx or an exception"
+    # Logfire's level numbers: error 17 .. fatal 21.
+    assert kept["numeric_attribute"]["key"] == "logfire.level_num"
+    assert kept["numeric_attribute"]["min_value"] == 17 <= 21 <= kept["numeric_attribute"]["max_value"]
+    threshold = float(answer(project, "slo_latency_threshold_seconds"))
+    assert kept["latency"]["threshold_ms"] == round(threshold * 1000), "SLOW_REQUEST_SECONDS' default"
+    # The production default rate of the service (10%), and the local stack's own percentage.
+    assert float(env_default(kept["probabilistic"]["sampling_percentage"])) == 10
+    sampler = compose(project)["services"]["otel-tail-sampler"]["environment"]
+    assert float(sampler["TAIL_SAMPLING_PERCENTAGE"]) == 100, "locally every trace is kept"
+
+
+def test_collector_checks_refuse_mistakes(generated: Generated) -> None:
+    project = generated("copier", "default")
+    config = collector_config(project, "tail-sampling.yaml")
     config["service"]["pipelines"]["traces"]["exporters"] = ["otlp/tempo"]
     config["exporters"]["kafka"] = {}
     assert pipeline_problems(config) == [
         "pipeline traces: exporter otlp/tempo is not defined",
-        "exporter otlp/jaeger: defined but in no pipeline",
-        "exporter kafka: not in the core distribution",
+        "exporter otlp/traces: defined but in no pipeline",
+        "exporter kafka: not in the contrib distribution",
         "exporter kafka: defined but in no pipeline",
     ]
+    config = collector_config(project, "tail-sampling.yaml")
+    config["processors"]["tail_sampling"]["policies"][2]["latency"]["treshold_ms"] = 500
+    with pytest.raises(jsonschema.ValidationError):
+        policies(config)
 
 
 @pytest.mark.parametrize("variant", ["default", "all_features"])
