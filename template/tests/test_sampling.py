@@ -161,6 +161,17 @@ def test_failures_are_exported_with_their_logs_whatever_the_caller_decided(
     assert span.start_time <= record.start_time <= span.end_time
 
 
+def test_an_error_record_has_the_level_number_the_collector_policy_reads(
+    client_at_zero: TestClient, capfire: CaptureLogfire
+) -> None:
+    """deploy/collector/tail-sampling.yaml keeps traces with `logfire.level_num` >= 17."""
+    client_at_zero.get("/logs-an-error")
+
+    [record] = logs_named(capfire, "probe.went_wrong")
+    assert record.attributes is not None
+    assert record.attributes["logfire.level_num"] == 17
+
+
 def test_an_exception_is_recorded_on_the_late_span(
     client_at_zero: TestClient, capfire: CaptureLogfire
 ) -> None:
@@ -186,7 +197,10 @@ def test_slow_requests_are_exported_with_their_real_duration(
     assert span.start_time is not None
     assert span.end_time is not None
     assert (span.end_time - span.start_time) / 1e9 >= SLOW_SECONDS * 1.2
-    assert len(logs_named(capfire, "probe.slow")) == 1
+    # Logged before the sleep, and stamped then: not when the span was recorded, 1.2 s later.
+    [record] = logs_named(capfire, "probe.slow")
+    assert record.start_time is not None
+    assert record.start_time - span.start_time < (span.end_time - span.start_time) / 2
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.5])
