@@ -116,9 +116,9 @@ class TracePolicy:
     def sampling_options(self) -> logfire.SamplingOptions:
         if self.mode == "collector":
             return logfire.SamplingOptions(head=ALWAYS_ON)
-        return logfire.SamplingOptions(
-            head=SameDecisionInEveryService(self.rate), tail=self._whole_trace_rate
-        )
+        # At rate 1 every trace is kept: a tail buffer would only cost.
+        tail = self._whole_trace_rate if self.rate < 1.0 else None
+        return logfire.SamplingOptions(head=SameDecisionInEveryService(self.rate), tail=tail)
 
     def _whole_trace_rate(self, span: TailSamplingSpanInfo) -> float:
         """Logfire's tail sampling, for the traces it buffers: those that start in this process."""
