@@ -20,7 +20,9 @@ from helpers import REPO_DIR
 
 pytestmark = pytest.mark.slow
 
-MODES = ("bare", "production", "traced", "diy", "diy-traced")
+MODES = ("bare", "production", "traced", "collector", "diy", "diy-tail", "diy-traced")
+ROUTES = ("items", "deep")
+COMPARISONS = ("production/diy-tail", "production/diy", "traced/diy-traced", "collector/diy-traced")
 
 
 @pytest.fixture(scope="module")
@@ -43,26 +45,37 @@ def benchmark(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     return json.loads(output.read_text()), completed.stdout
 
 
-def test_every_mode_served_the_route_without_errors(benchmark: tuple[dict[str, Any], str]) -> None:
+def test_every_mode_served_both_routes_without_errors(benchmark: tuple[dict[str, Any], str]) -> None:
     result, _ = benchmark
-    assert list(result["summary"]) == list(MODES), "a mode was left out of the report"
-    for mode, row in result["summary"].items():
-        assert row["rps"] > 0, mode
-        assert row["non_2xx"] == 0, mode
-        assert row["cpu_us_per_request"] > 0, mode
-        assert row["vs_bare"]["median"] > 0, mode
-    assert result["summary"]["bare"]["vs_bare"]["median"] == 1
-    assert {run["mode"] for run in result["runs"]} == set(MODES)
-    for name in ("production/diy", "traced/diy-traced"):
-        assert result["comparisons"][name]["rps"]["median"] > 0, name
-        assert result["comparisons"][name]["cpu_per_request"]["median"] > 0, name
+    assert list(result["summary"]) == list(ROUTES), "a route was left out of the report"
+    for route, rows in result["summary"].items():
+        assert list(rows) == list(MODES), f"{route}: a mode was left out of the report"
+        for mode, row in rows.items():
+            assert row["rps"] > 0, (route, mode)
+            assert row["non_2xx"] == 0, (route, mode)
+            assert row["cpu_us_per_request"] > 0, (route, mode)
+            assert row["vs_bare"]["median"] > 0, (route, mode)
+        assert rows["bare"]["vs_bare"]["median"] == 1
+    assert {(run["mode"], run["route"]) for run in result["runs"]} == {
+        (mode, route) for mode in MODES for route in ROUTES
+    }
+    for route in ROUTES:
+        assert list(result["comparisons"][route]) == list(COMPARISONS)
+        for name, ratios in result["comparisons"][route].items():
+            assert ratios["rps"]["median"] > 0, (route, name)
+            assert ratios["cpu_per_request"]["median"] > 0, (route, name)
 
 
-def test_the_printed_table_has_a_row_per_mode_and_the_comparisons(
+def test_the_printed_table_has_a_row_per_route_and_mode_and_the_comparisons(
     benchmark: tuple[dict[str, Any], str],
 ) -> None:
     _, printed = benchmark
-    rows = [line.split("|")[1].strip() for line in printed.splitlines() if line.startswith("| ")]
-    assert rows == ["mode", *MODES]
-    assert "production/diy: " in printed
-    assert "traced/diy-traced: " in printed
+    rows = [
+        tuple(cell.strip() for cell in line.split("|")[1:3])
+        for line in printed.splitlines()
+        if line.startswith("| ")
+    ]
+    assert rows == [("route", "mode"), *((route, mode) for route in ROUTES for mode in MODES)]
+    for route in ROUTES:
+        for name in COMPARISONS:
+            assert f"{route} {name}: " in printed
