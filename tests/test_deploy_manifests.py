@@ -287,13 +287,18 @@ def test_engines_render_identical_deploy_trees(generated: Generated) -> None:
 
 
 @pytest.mark.parametrize("engine", deploy.ENGINES)
-def test_without_kubernetes_and_dashboard_only_the_rules_and_local_stack_stay(
+def test_without_kubernetes_and_dashboard_only_the_rules_collectors_and_local_stack_stay(
     generated: Generated, engine: str
 ) -> None:
     assert variants.effective_flags("minimal")["with_kubernetes"] is False
     assert variants.effective_flags("minimal")["with_grafana_dashboard"] is False
     deploy_dir = generated(engine, "minimal") / "deploy"
-    assert sorted(path.name for path in deploy_dir.iterdir()) == ["README.md", "local", "prometheus"]
+    assert sorted(path.name for path in deploy_dir.iterdir()) == [
+        "README.md",
+        "collector",
+        "local",
+        "prometheus",
+    ]
     assert not (deploy_dir / "local" / "grafana" / "dashboards.yaml").exists()
 
 

@@ -44,7 +44,8 @@ TENANT_ATTRIBUTES = {
 
 def make_settings(**overrides: object) -> Settings:
     """Settings for tests: `test` environment, no `.env` file, explicit overrides."""
-    defaults: dict[str, object] = {"environment": "test"}
+    # A loaded CI machine must not make an ordinary request slow (and so always exported).
+    defaults: dict[str, object] = {"environment": "test", "slow_request_seconds": 60.0}
 {%- if cookiecutter.metrics_separate_port %}
     defaults["metrics_port"] = free_port()
 {%- endif %}
