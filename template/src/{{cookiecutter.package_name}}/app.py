@@ -56,7 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- endif %}
 {%- if cookiecutter.with_httpx %}
     # One client for every outgoing call: it pools connections (routes get it as `HttpClient`).
-    app.state.http_client = create_http_client(settings)
+    app.state.http_client = create_http_client()
 {%- endif %}
     app.state.ready = True
     logger.info("service.started", extra={"environment": settings.environment})
