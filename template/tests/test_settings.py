@@ -53,3 +53,15 @@ def test_trusted_callers_are_any_or_networks(monkeypatch: pytest.MonkeyPatch) ->
     assert [str(network) for network in networks or ()] == ["10.0.0.0/8", "fd00::/8"]
     with pytest.raises(ValidationError, match="tenant_trusted_callers"):
         make_settings(tenant_trusted_callers="*,gateway.internal")
+
+
+@pytest.mark.parametrize("accounts", ["acct-1;acct-2", "acct 1", "~other", "a" * 129])
+def test_metric_accounts_must_be_account_ids(accounts: str) -> None:
+    with pytest.raises(ValidationError, match="tenant_metrics_accounts"):
+        make_settings(tenant_metrics_accounts=accounts)
+
+
+def test_metric_accounts_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert make_settings().tenant_metrics_accounts == ()
+    monkeypatch.setenv("TENANT_METRICS_ACCOUNTS", "acct-1, acct-2")
+    assert Settings(_env_file=None).tenant_metrics_accounts == ("acct-1", "acct-2")

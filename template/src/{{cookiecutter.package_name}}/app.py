@@ -150,7 +150,7 @@ def create_app(
             trusted_callers=settings.tenant_caller_networks,
         ),
         policy=policy,
-        max_accounts=settings.tenant_metrics_max_accounts,
+        metric_accounts=settings.tenant_metrics_accounts,
         access_log=settings.effective_access_log,
         untraced_paths=UNTRACED_PATHS,
     )

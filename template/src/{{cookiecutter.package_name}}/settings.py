@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import {% if cookiecutter.with_httpx %}AnyHttpUrl, {% endif %}BeforeValidator, Field, field_validator
+from pydantic import {% if cookiecutter.with_httpx %}AnyHttpUrl, {% endif %}BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .telemetry.tenant import is_tenant_id
 
 Environment = Literal["development", "production", "test"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -83,7 +85,13 @@ class Settings(BaseSettings):
     tenant_header_session_id: str = "X-Session-Id"
     tenant_header_llm_request_id: str = "X-LLM-Request-Id"
     tenant_id_max_length: int = Field(default=128, ge=1, le=1024)
-    tenant_metrics_max_accounts: int = Field(default=50, ge=0)
+    tenant_metrics_accounts: CommaSeparated = Field(
+        default=(),
+        description=(
+            "Accounts counted under their own id in tenant_requests_total (say, your largest "
+            "customers); any other account is `~other`. Empty: no account id on /metrics."
+        ),
+    )
     tenant_trusted_callers: CommaSeparated = Field(
         default=("*",),
         description=(
@@ -118,6 +126,16 @@ class Settings(BaseSettings):
         description="PydanticAI model name, e.g. `openai:gpt-4o`; `test` answers offline.",
     )
 {%- endif %}
+
+    @model_validator(mode="after")
+    def _metric_accounts_are_tenant_ids(self) -> Self:
+        for account in self.tenant_metrics_accounts:
+            if not is_tenant_id(account, self.tenant_id_max_length):
+                raise ValueError(
+                    f"tenant_metrics_accounts: {account!r} is not an account id a request can "
+                    f"carry (letters, digits and ._:- up to {self.tenant_id_max_length})"
+                )
+        return self
 
     @field_validator("tenant_trusted_callers")
     @classmethod
