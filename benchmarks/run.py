@@ -6,7 +6,7 @@ rounds. From the repository root:
 
     uv run benchmarks/run.py --rounds 5 --duration 8 --output benchmarks/results.json
 
-Modes: `bare` (FastAPI alone, apps/bare.py), `production` (the service, ENVIRONMENT=production,
+Modes: `bare` (FastAPI alone, apps/bare.py), `production` (the service, RUN_MODE=production,
 its default sampling), `traced` (every request traced), `diy` and `diy-traced` (apps/diy.py at
 the same two sampling rates). Telemetry goes to a local OTLP sink (apps/sink.py), stdout to a file.
 """
@@ -36,7 +36,7 @@ from copier import run_copy
 REPO = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 MODES = ("bare", "production", "traced", "diy", "diy-traced")
-# What each mode adds to the base environment (ENVIRONMENT=production, HOST, PORT, OTLP endpoint).
+# What each mode adds to the base environment (RUN_MODE=production, HOST, PORT, OTLP endpoint).
 MODE_ENV = {
     "bare": {},
     "production": {},  # LOGFIRE_TRACE_SAMPLE_RATE unset: the service's production default
@@ -56,7 +56,14 @@ TENANT_HEADERS = {
 # Settings of the environment that must not reach the processes under test (each mode sets the
 # service's own). PYTHONDONTWRITEBYTECODE would recompile every import at every boot.
 LEAKY_PREFIXES = ("OTEL_", "LOGFIRE_", "UV_PROJECT_ENVIRONMENT")
-LEAKY_NAMES = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "ENVIRONMENT", "LOG_LEVEL"}
+LEAKY_NAMES = {
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "RUN_MODE",
+    "ENVIRONMENT",
+    "LOG_LEVEL",
+}
 
 
 @dataclass(frozen=True)
@@ -206,7 +213,8 @@ def start_mode(
     """The mode's server, set up as the container image runs the service; stdout and stderr to files."""
     env = clean_env(
         PYTHONUNBUFFERED="1",
-        ENVIRONMENT="production",
+        RUN_MODE="production",
+        ENVIRONMENT="benchmark",
         HOST="127.0.0.1",
         PORT=str(port),
         OTEL_EXPORTER_OTLP_ENDPOINT=sink_url,

@@ -113,6 +113,8 @@ def test_compose_wiring(generated: Generated, variant: str) -> None:
     http_receiver = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
     assert app["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{http_receiver.rsplit(':', 1)[1]}"
     assert float(app["LOGFIRE_TRACE_SAMPLE_RATE"]) == 1.0, "every request has a trace behind its exemplar"
+    # The image's production behaviour, labelled as a local stack rather than production.
+    assert (app["RUN_MODE"], app["ENVIRONMENT"]) == ("production", "local")
     # The collector's trace exporter is Jaeger's OTLP endpoint.
     assert collector["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
 

@@ -43,8 +43,8 @@ TENANT_ATTRIBUTES = {
 
 
 def make_settings(**overrides: object) -> Settings:
-    """Settings for tests: `test` environment, no `.env` file, explicit overrides."""
-    defaults: dict[str, object] = {"environment": "test"}
+    """Settings for tests: `test` run mode and environment, no `.env` file, explicit overrides."""
+    defaults: dict[str, object] = {"run_mode": "test", "environment": "test"}
 {%- if cookiecutter.metrics_separate_port %}
     defaults["metrics_port"] = free_port()
 {%- endif %}

@@ -64,7 +64,7 @@ def capture(
     """Two records: `probe.secrets` carries SECRETS and KEPT, `probe.ordinary` only KEPT; both
     logged in a request with the four tenant headers, or outside any request."""
     app = create_app(
-        make_settings(environment="production", logfire_trace_sample_rate=1.0),
+        make_settings(run_mode="production", logfire_trace_sample_rate=1.0),
         additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
     )
 

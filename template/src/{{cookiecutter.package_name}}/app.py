@@ -59,7 +59,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.http_client = create_http_client()
 {%- endif %}
     app.state.ready = True
-    logger.info("service.started", extra={"environment": settings.environment})
+    logger.info(
+        "service.started",
+        extra={"environment": settings.environment, "run_mode": settings.run_mode},
+    )
     try:
         yield
     finally:

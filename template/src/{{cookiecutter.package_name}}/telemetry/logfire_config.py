@@ -109,7 +109,7 @@ def configure_logfire(
         service_version=__version__,
         environment=settings.environment,
         console=logfire.ConsoleOptions(min_log_level=level, show_project_link=False)
-        if settings.environment == "development"
+        if settings.run_mode == "development"
         else False,
         min_level=level,
         sampling=policy.sampling_options(),
