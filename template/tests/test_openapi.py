@@ -9,7 +9,10 @@ from fastapi import FastAPI, Header
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from {{ cookiecutter.package_name }}.telemetry.openapi import HTTP_METHODS, document_tenant_headers
+from {{ cookiecutter.package_name }}.telemetry.openapi import (
+    HTTP_METHODS,
+    document_tenant_headers,
+)
 
 from conftest import TENANT_HEADERS, make_settings
 
