@@ -8,7 +8,7 @@ root:
     uv run benchmarks/run.py --rounds 5 --duration 8 --output benchmarks/results.json
 
 Modes: `bare` (FastAPI alone, apps/bare.py); the service (apps/service.py) as `production`
-(ENVIRONMENT=production, its default sampling: 10% by trace id, every failed or slow request),
+(RUN_MODE=production, its default sampling: 10% by trace id, every failed or slow request),
 `traced` (every request traced) and `collector` (TRACE_SAMPLING=collector: every trace exported
 for a collector's tail sampling); the do-it-yourself stack (apps/diy.py) as `diy` (head sampling
 10%), `diy-tail` (Logfire's `level_or_duration` tail sampling at 10%: the service's guarantee)
@@ -42,7 +42,7 @@ MODES = ("bare", "production", "traced", "collector", "diy", "diy-tail", "diy-tr
 ROUTES = {"items": "/items/1", "deep": "/deep"}
 # The service's default SLOW_REQUEST_SECONDS (the latency SLO threshold answer), for diy-tail.
 SLOW_SECONDS = "0.5"
-# What each mode adds to the base environment (ENVIRONMENT=production, HOST, PORT, OTLP endpoint).
+# What each mode adds to the base environment (RUN_MODE=production, HOST, PORT, OTLP endpoint).
 MODE_ENV = {
     "bare": {},
     "production": {},  # LOGFIRE_TRACE_SAMPLE_RATE unset: the service's production default
@@ -70,7 +70,14 @@ TENANT_HEADERS = {
 # Settings of the environment that must not reach the processes under test (each mode sets the
 # service's own). PYTHONDONTWRITEBYTECODE would recompile every import at every boot.
 LEAKY_PREFIXES = ("OTEL_", "LOGFIRE_", "UV_PROJECT_ENVIRONMENT")
-LEAKY_NAMES = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "ENVIRONMENT", "LOG_LEVEL"}
+LEAKY_NAMES = {
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "RUN_MODE",
+    "ENVIRONMENT",
+    "LOG_LEVEL",
+}
 
 
 @dataclass(frozen=True)
@@ -221,7 +228,8 @@ def start_mode(
     """The mode's server, set up as the container image runs the service; stdout and stderr to files."""
     env = clean_env(
         PYTHONUNBUFFERED="1",
-        ENVIRONMENT="production",
+        RUN_MODE="production",
+        ENVIRONMENT="benchmark",
         HOST="127.0.0.1",
         PORT=str(port),
         OTEL_EXPORTER_OTLP_ENDPOINT=sink_url,

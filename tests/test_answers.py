@@ -384,7 +384,7 @@ def test_hostile_answers_import_and_build_their_app(
         str(env.venv_bin / "python"),
         "-c",
         code,
-        env=env.env(PYTHONPATH=str(project / "src"), ENVIRONMENT="test", PYTHONIOENCODING="utf-8"),
+        env=env.env(PYTHONPATH=str(project / "src"), RUN_MODE="test", PYTHONIOENCODING="utf-8"),
     )
     assert result.stdout.strip().splitlines()[-1] == answers["project_name"]
 

@@ -1,8 +1,8 @@
 """The default service, booted as a real uvicorn process, emits the telemetry it promises.
 
 One boot of the copier output (console script from its own uv environment, 127.0.0.1, free port,
-ENVIRONMENT=production with every trace kept, OTLP/HTTP export to a receiver in this process):
-a known set of requests is sent, /metrics is scraped before and after, then the process gets a
+RUN_MODE=production labelled ENVIRONMENT=e2e, every trace kept, OTLP/HTTP export to a receiver in
+this process): a known set of requests is sent, /metrics is scraped before and after, then the process gets a
 real SIGTERM. The span batch delay is set far beyond the test's length, so every span that
 arrives was delivered by the shutdown flush (uvicorn re-raises SIGTERM, atexit never runs).
 The tests below each check one promise on that recorded run.
@@ -221,7 +221,8 @@ def test_resource_identifies_the_service(run: BootRun) -> None:
     attributes = dict(identity)
     assert attributes["service.name"] == "my-service"
     assert attributes["service.version"] == "0.1.0"
-    assert attributes["deployment.environment.name"] == "production"
+    # The label the deployment gave, not the run mode's name.
+    assert attributes["deployment.environment.name"] == "e2e"
 
 
 def test_no_secret_and_no_forged_baggage_leaves_the_process(run: BootRun) -> None:
@@ -274,7 +275,8 @@ def test_tenant_counters_moved_by_exactly_the_requests_sent(run: BootRun) -> Non
     expected: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
     for _path, _headers, status, _route, ids in PLAN:
         labels = {
-            "account_id": ids.get("account_id", "none"),
+            # No TENANT_METRICS_ACCOUNTS: by default no account id is on /metrics.
+            "account_id": "~other" if "account_id" in ids else "~none",
             "outcome": "error" if status >= 500 else "success",
         }
         expected[("tenant_requests_total", tuple(sorted(labels.items())))] += 1

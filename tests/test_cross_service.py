@@ -128,7 +128,8 @@ def run(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[CrossRun]:
         b_url = f"http://127.0.0.1:{ports['B']}"
         # A (all features) serves /metrics on its own port: each instance needs a free one.
         processes = {
-            "B": boot(service_b, "B"),
+            # B counts its accounts by id only when they are listed.
+            "B": boot(service_b, "B", TENANT_METRICS_ACCOUNTS=TENANT["account_id"]),
             "A": boot(service_a, "A", UPSTREAM_URL=b_url, METRICS_PORT=str(free_port())),
             "A'": boot(service_a, "A'", UPSTREAM_URL=recorder.url, METRICS_PORT=str(free_port())),
         }

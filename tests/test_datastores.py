@@ -69,7 +69,7 @@ def spans(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[list[Span]]
         OtlpReceiver() as receiver,
     ):
         env = project.env(
-            ENVIRONMENT="production",
+            RUN_MODE="production",
             LOGFIRE_TRACE_SAMPLE_RATE="1.0",
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
             POSTGRES_DSN=dsn,

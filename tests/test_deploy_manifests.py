@@ -1,5 +1,5 @@
-"""The generated kustomize base and its overlays (deploy/overlays/dev, deploy/overlays/production)
-build with `kubectl kustomize`, every object validates strictly offline (built-in kinds against
+"""The generated kustomize base and its overlays (deploy/overlays/dev, staging, production) build
+with `kubectl kustomize`, every object validates strictly offline (built-in kinds against
 Kubernetes 1.30's schemas, ServiceMonitor and PrometheusRule against prometheus-operator's CRD
 schemas), and the objects carry what the answers and each environment ask for."""
 
@@ -218,6 +218,7 @@ def test_deployment_is_hardened(built: Any, variant: str, target: str) -> None:
 def test_environment_and_secret(built: Any, variant: str) -> None:
     (container,) = built("copier", variant)["Deployment"]["spec"]["template"]["spec"]["containers"]
     env = {item["name"]: item for item in container["env"]}
+    assert env["RUN_MODE"]["value"] == "production"
     assert env["ENVIRONMENT"]["value"] == "production"
     assert env["HOST"]["value"] == "0.0.0.0"
     assert env["PORT"]["value"] == str(answer(variant, "http_port"))
@@ -357,13 +358,29 @@ def test_the_base_scales_out_and_survives_disruptions(built: Any, variant: str) 
 
 
 OVERLAY_SETTINGS = {
-    deploy.DEV: {"LOG_LEVEL": "debug", "LOGFIRE_TRACE_SAMPLE_RATE": "1.0", "ACCESS_LOG": "true"},
-    deploy.PRODUCTION: {"LOG_LEVEL": "info", "LOGFIRE_TRACE_SAMPLE_RATE": "0.1", "ACCESS_LOG": "false"},
+    deploy.DEV: {
+        "ENVIRONMENT": "dev",
+        "LOG_LEVEL": "debug",
+        "LOGFIRE_TRACE_SAMPLE_RATE": "1.0",
+        "ACCESS_LOG": "true",
+    },
+    deploy.STAGING: {
+        "ENVIRONMENT": "staging",
+        "LOG_LEVEL": "info",
+        "LOGFIRE_TRACE_SAMPLE_RATE": "1.0",
+        "ACCESS_LOG": "false",
+    },
+    deploy.PRODUCTION: {
+        "ENVIRONMENT": "production",
+        "LOG_LEVEL": "info",
+        "LOGFIRE_TRACE_SAMPLE_RATE": "0.1",
+        "ACCESS_LOG": "false",
+    },
 }
 
 
 @pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
-@pytest.mark.parametrize("target", [deploy.DEV, deploy.PRODUCTION])
+@pytest.mark.parametrize("target", deploy.OVERLAYS)
 def test_overlays_change_scale_resources_and_telemetry_only(built: Any, variant: str, target: str) -> None:
     base, overlay = built("copier", variant), built("copier", variant, target)
     deployment = overlay["Deployment"]
@@ -372,7 +389,10 @@ def test_overlays_change_scale_resources_and_telemetry_only(built: Any, variant:
         assert deployment["spec"]["replicas"] == 1
     else:
         assert "replicas" not in deployment["spec"]
+    if target == deploy.PRODUCTION:
         assert overlay["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 3
+    elif target == deploy.STAGING:
+        assert overlay["HorizontalPodAutoscaler"] == base["HorizontalPodAutoscaler"]
     (base_container,) = base["Deployment"]["spec"]["template"]["spec"]["containers"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["resources"] != base_container["resources"]
@@ -387,6 +407,13 @@ def test_overlays_change_scale_resources_and_telemetry_only(built: Any, variant:
         if item["name"] not in OVERLAY_SETTINGS[target]:
             assert base_env.pop(item["name"]) == item
     assert set(base_env) == set(OVERLAY_SETTINGS[target])
+
+
+@pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
+def test_each_overlay_labels_its_telemetry_and_all_behave_as_production(built: Any, variant: str) -> None:
+    settings = [env_values(built("copier", variant, target)["Deployment"]) for target in deploy.OVERLAYS]
+    assert [env["RUN_MODE"] for env in settings] == ["production"] * len(deploy.OVERLAYS)
+    assert [env["ENVIRONMENT"] for env in settings] == ["dev", "staging", "production"]
 
 
 def test_readme_request_rate_autoscaler_validates(generated: Generated, built: Any) -> None:

@@ -125,7 +125,7 @@ SERVER = textwrap.dedent(
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            names = ("ENVIRONMENT", "LOGFIRE_TOKEN", "OTEL_EXPORTER_OTLP_ENDPOINT")
+            names = ("RUN_MODE", "ENVIRONMENT", "LOGFIRE_TOKEN", "OTEL_EXPORTER_OTLP_ENDPOINT")
             body = json.dumps({k: os.environ.get(k) for k in names}).encode()
             self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
             self.wfile.write(body)
@@ -151,7 +151,8 @@ def test_process_boots_waits_and_stops_with_sigterm(tmp_path: Path) -> None:
         seen = json.loads(httpx.get(service.url + "/readyz").text)
         stopped = service.stop()
     assert seen == {
-        "ENVIRONMENT": "production",
+        "RUN_MODE": "production",
+        "ENVIRONMENT": "e2e",
         "LOGFIRE_TOKEN": None,
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x",
     }

@@ -124,6 +124,8 @@ def test_compose_wiring(generated: Generated, variant: str) -> None:
     sampler = services["otel-tail-sampler"]
     assert bind_mounts(sampler) == {"/etc/otelcol/config.yaml": "../collector/tail-sampling.yaml"}
     assert sampler["environment"]["TRACES_ENDPOINT"] == "jaeger:4317"
+    # The image's production behaviour, labelled as a local stack rather than production.
+    assert (app["RUN_MODE"], app["ENVIRONMENT"]) == ("production", "local")
 
     # Prometheus scrapes the port /metrics is on, under the job name the rules and dashboard select,
     # and reads the rule file the PrometheusRule embeds.

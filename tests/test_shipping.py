@@ -240,7 +240,8 @@ def test_dockerfile_builds_with_uv_and_ships_a_small_non_root_runtime(project: P
 def test_dockerfile_runs_the_production_command(project: Project) -> None:
     runtime = dockerfile_stages(project)[-1]
     env = final_env(runtime)
-    assert env["ENVIRONMENT"] == "production"
+    assert env["RUN_MODE"] == "production"
+    assert "ENVIRONMENT" not in env, "where the image runs says where it is (overlays, compose)"
     assert env["HOST"] == "0.0.0.0"
     assert env["PORT"] == str(project.answers["http_port"])
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
@@ -753,7 +754,7 @@ def test_make_check_and_the_readme_quick_start_run_for_real(
                 command += f" --host 127.0.0.1 --port {port}"
             if command == "make dev":
                 command += f" DEV_PORT={port}"
-            run_env = service_env(env.env(), port=port, environment="development")
+            run_env = service_env(env.env(), port=port, run_mode="development")
             if command == "make run-prod":
                 run_env["WEB_CONCURRENCY"] = "2"
             service = ServiceProcess(["bash", "-c", command], cwd=env.root, env=run_env, port=port)

@@ -43,9 +43,13 @@ TENANT_ATTRIBUTES = {
 
 
 def make_settings(**overrides: object) -> Settings:
-    """Settings for tests: `test` environment, no `.env` file, explicit overrides."""
+    """Settings for tests: `test` run mode and environment, no `.env` file, explicit overrides."""
     # A loaded CI machine must not make an ordinary request slow (and so always exported).
-    defaults: dict[str, object] = {"environment": "test", "slow_request_seconds": 60.0}
+    defaults: dict[str, object] = {
+        "run_mode": "test",
+        "environment": "test",
+        "slow_request_seconds": 60.0,
+    }
 {%- if cookiecutter.metrics_separate_port %}
     defaults["metrics_port"] = free_port()
 {%- endif %}

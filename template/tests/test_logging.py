@@ -1,4 +1,4 @@
-"""Telemetry contract: what reaches stdout in each environment."""
+"""Telemetry contract: what reaches stdout in each run mode."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_production_writes_one_json_object_per_line(
     capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = create_app(
-        make_settings(environment="production", logfire_trace_sample_rate=1.0),
+        make_settings(run_mode="production", logfire_trace_sample_rate=1.0),
         additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
     )
     with TestClient(app) as client:
@@ -70,7 +70,7 @@ def test_production_json_includes_loguru_records(
     from loguru import logger as loguru_logger
 
     create_app(
-        make_settings(environment="production"),
+        make_settings(run_mode="production"),
         additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
     )
     loguru_logger.bind(order_id=7).warning("order.delayed")
@@ -85,7 +85,7 @@ def test_production_logs_unsampled_requests_too(
     capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = create_app(
-        make_settings(environment="production", logfire_trace_sample_rate=0.0),
+        make_settings(run_mode="production", logfire_trace_sample_rate=0.0),
         additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
     )
     with TestClient(app) as client:
@@ -102,7 +102,7 @@ def test_unsampled_json_lines_carry_tenant_ids_wherever_code_runs(
 ) -> None:
     # The ids travel as baggage in the context, which threads, `to_thread` and background tasks
     # inherit, whether the trace is exported or not.
-    app = create_app(make_settings(environment="production", logfire_trace_sample_rate=0.0))
+    app = create_app(make_settings(run_mode="production", logfire_trace_sample_rate=0.0))
     add_probe_routes(app)
     with TestClient(app) as client:
         for path in ("/probe/threadpool", "/probe/to-thread", "/probe/background"):
@@ -120,7 +120,7 @@ def test_production_level_defaults_to_info(
     capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
 ) -> None:
     create_app(
-        make_settings(environment="production"),
+        make_settings(run_mode="production"),
         additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
     )
     logging.getLogger("tests").debug("debug.hidden")
@@ -135,7 +135,7 @@ def test_log_level_setting_applies(
     capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
 ) -> None:
     create_app(
-        make_settings(environment="production", log_level="warning"),
+        make_settings(run_mode="production", log_level="warning"),
         additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
     )
     logging.getLogger("tests").info("info.hidden")
@@ -149,7 +149,7 @@ def test_development_console_shows_each_request_and_rejected_headers(
     capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = create_app(
-        make_settings(environment="development"),
+        make_settings(run_mode="development"),
         additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
     )
     with TestClient(app) as client:
@@ -172,7 +172,7 @@ def test_development_console_shows_each_request_and_rejected_headers(
 
 
 def lines_for(app_settings: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> list[Any]:
-    app = create_app(make_settings(environment="production", **app_settings))
+    app = create_app(make_settings(run_mode="production", **app_settings))
 
     def crash() -> None:
         raise RuntimeError("boom")
@@ -211,7 +211,7 @@ def test_access_log_setting_writes_a_line_per_request(capsys: pytest.CaptureFixt
 def test_library_warnings_are_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
     # pytest restores `warnings.showwarning` after each test; logging must hook it again.
     logging.captureWarnings(False)
-    create_app(make_settings(environment="production"))
+    create_app(make_settings(run_mode="production"))
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("old API", DeprecationWarning, stacklevel=1)

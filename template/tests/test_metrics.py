@@ -24,6 +24,7 @@ from prometheus_client.samples import Sample
 from starlette.types import Message, Scope
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.telemetry.metrics import OTHER_ACCOUNT, AccountLabels
 
 from conftest import make_settings, scrape, server_spans
 
@@ -74,7 +75,7 @@ def test_openmetrics_when_asked(client: TestClient) -> None:
 
 def test_counts_move_by_exactly_the_requests_sent(client: TestClient) -> None:
     ok, missing = (request_count(client, "GET", "/items/{item_id}", s) for s in (200, 404))
-    untracked = value(client, "tenant_requests_total", account_id="none", outcome="success")
+    untracked = value(client, "tenant_requests_total", account_id="~none", outcome="success")
     for _ in range(3):
         client.get("/items/1")
     for _ in range(2):
@@ -89,7 +90,7 @@ def test_counts_move_by_exactly_the_requests_sent(client: TestClient) -> None:
     assert not routes & {"/healthz", "/readyz", "/metrics"}  # probes and scrapes are not counted
     assert value(client, "http_server_active_requests", http_request_method="GET") == 0
     assert (
-        value(client, "tenant_requests_total", account_id="none", outcome="success")
+        value(client, "tenant_requests_total", account_id="~none", outcome="success")
         == untracked + 5
     )
 
@@ -130,23 +131,60 @@ def test_exemplars_carry_the_trace_id(client: TestClient, capfire: CaptureLogfir
     assert format(span.context.trace_id, "032x") in trace_ids
 
 
-def test_tenant_account_label_is_bounded(capfire: CaptureLogfire) -> None:
+def test_account_labels_are_the_listed_accounts_and_labels_no_id_can_take(
+    capfire: CaptureLogfire,
+) -> None:
     app = create_app(
-        make_settings(tenant_metrics_max_accounts=2),
+        make_settings(tenant_metrics_accounts="acct-listed,acct-idle"),
         additional_span_processors=[SimpleSpanProcessor(capfire.exporter)],
     )
+    labels = ("acct-listed", "acct-idle", "acct-unlisted", "~other", "~none", "other", "none")
     with TestClient(app) as client:
-        other = value(client, "tenant_requests_total", account_id="other", outcome="success")
-        for account in ("bound-a", "bound-b", "bound-c", "bound-a", "bound-d"):
-            client.get("/items/1", headers={"X-Account-Id": account})
 
-        def count(account: str) -> float:
-            return value(client, "tenant_requests_total", account_id=account, outcome="success")
+        def counts() -> dict[str, float]:
+            return {
+                label: value(client, "tenant_requests_total", account_id=label, outcome="success")
+                for label in labels
+            }
 
-        assert count("bound-a") == 2
-        assert count("bound-b") == 1
-        assert count("bound-c") == count("bound-d") == 0
-        assert count("other") == other + 2
+        before = counts()
+        # `other` and `none` are valid account ids: they must not land in the sentinels' series
+        # by name, nor can a client send `~other` (not an id: dropped, so the request has none).
+        for account in ("acct-unlisted", "acct-listed", "other", "none", "acct-listed", "~other"):
+            assert client.get("/items/1", headers={"X-Account-Id": account}).status_code == 200
+        client.get("/items/1")
+        after = counts()
+
+    moved = {label: after[label] - before[label] for label in labels}
+    assert moved == {
+        "acct-listed": 2,
+        "acct-idle": 0,
+        "acct-unlisted": 0,
+        "~other": 3,
+        "~none": 2,
+        "other": 0,
+        "none": 0,
+    }
+
+
+def test_account_labels_do_not_depend_on_arrival_order() -> None:
+    """Two pods (or one after a restart) with the same list label every account alike."""
+    ids = [f"acct-{n}" for n in range(20)]
+    listed = ids[::3]
+    pod_a, pod_b = AccountLabels(listed), AccountLabels(listed)
+    seen_by_a = {account: pod_a.label(account) for account in ids}
+    seen_by_b = {account: pod_b.label(account) for account in reversed(ids)}
+    assert seen_by_a == seen_by_b
+    assert set(seen_by_a.values()) == {*listed, OTHER_ACCOUNT}
+
+
+def test_by_default_no_account_id_is_on_metrics(client: TestClient) -> None:
+    for account in ("acct-first", "acct-second"):
+        assert client.get("/items/1", headers={"X-Account-Id": account}).status_code == 200
+    exposition = scrape(client).text
+    assert 'account_id="~other"' in exposition
+    assert "acct-first" not in exposition
+    assert "acct-second" not in exposition
 
 
 @pytest.mark.parametrize("rate", [0.0])

@@ -53,7 +53,8 @@ from {{ cookiecutter.package_name }}.telemetry.metrics import ACTIVE_REQUESTS
 
 ORDERS_CREATED = Counter("test_orders_created", "Orders created.")
 requests, in_flight = int(sys.argv[1]), int(sys.argv[2])
-with TestClient(create_app(Settings(_env_file=None, environment="test"))) as client:
+settings = Settings(_env_file=None, run_mode="test", tenant_metrics_accounts=("acct-a",))
+with TestClient(create_app(settings)) as client:
     for _ in range(requests):
         client.get("/items/1", headers={"X-Account-Id": "acct-a"})
     client.get("/items/999")
@@ -77,7 +78,7 @@ def run_worker(requests: int, in_flight: int = 0) -> int:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "ENVIRONMENT": "test"},
+        env={**os.environ, "RUN_MODE": "test"},
     )
     return int(done.stdout.split()[-1])
 

@@ -288,7 +288,7 @@ def restore_logging() -> Iterator[None]:
 def test_json_lines_exemplar_and_span_name_the_same_trace(
     capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    app = app_for(capfire, 0.0, environment="production")
+    app = app_for(capfire, 0.0, run_mode="production")
     with TestClient(app, raise_server_exceptions=False) as client:
         before = exemplar_trace_ids(client)
         client.get("/unavailable", headers=traceparent(random_trace_id(), sampled=False))

@@ -23,8 +23,14 @@ KUBERNETES_VARIANTS = ("default", "deploy_answers", "slo_loose", "slo_strict", "
 DEPLOY_VARIANTS = (*KUBERNETES_VARIANTS, "with_kubernetes_off")
 ENGINES = ("copier", "cookiecutter")
 #: What `kubectl kustomize` builds: the base and each environment's overlay.
-BASE, DEV, PRODUCTION = "deploy", "deploy/overlays/dev", "deploy/overlays/production"
-TARGETS = (BASE, DEV, PRODUCTION)
+BASE, DEV, STAGING, PRODUCTION = (
+    "deploy",
+    "deploy/overlays/dev",
+    "deploy/overlays/staging",
+    "deploy/overlays/production",
+)
+TARGETS = (BASE, DEV, STAGING, PRODUCTION)
+OVERLAYS = (DEV, STAGING, PRODUCTION)
 
 # Labels every scraped series gets from its target (Prometheus or the ServiceMonitor).
 TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "service", "endpoint", "container"})

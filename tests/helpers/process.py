@@ -38,17 +38,20 @@ def service_env(
     *,
     port: int,
     otlp_endpoint: str | None = None,
-    environment: str = "production",
+    run_mode: str = "production",
+    environment: str = "e2e",
     **extra: str,
 ) -> dict[str, str]:
     """The generated service's environment for a boot test.
 
+    Production behaviour by default, labelled `e2e` (ENVIRONMENT is a label apart from RUN_MODE).
     No LOGFIRE_TOKEN (nothing may reach Logfire's cloud) and no inherited OTEL_* settings; every
     trace kept (LOGFIRE_TRACE_SAMPLE_RATE=1.0, production's default is 0.1); spans exported every
     100 ms instead of every 5 s, so tests wait for spans, not for a timer.
     """
     env = {k: v for k, v in base.items() if not k.startswith(("OTEL_", "LOGFIRE_")) and k != "PORT"}
     env.update(
+        RUN_MODE=run_mode,
         ENVIRONMENT=environment,
         HOST="127.0.0.1",
         PORT=str(port),

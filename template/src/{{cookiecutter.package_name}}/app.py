@@ -56,10 +56,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- endif %}
 {%- if cookiecutter.with_httpx %}
     # One client for every outgoing call: it pools connections (routes get it as `HttpClient`).
-    app.state.http_client = create_http_client(settings)
+    app.state.http_client = create_http_client()
 {%- endif %}
     app.state.ready = True
-    logger.info("service.started", extra={"environment": settings.environment})
+    logger.info(
+        "service.started",
+        extra={"environment": settings.environment, "run_mode": settings.run_mode},
+    )
     try:
         yield
     finally:
@@ -150,7 +153,7 @@ def create_app(
             trusted_callers=settings.tenant_caller_networks,
         ),
         policy=policy,
-        max_accounts=settings.tenant_metrics_max_accounts,
+        metric_accounts=settings.tenant_metrics_accounts,
         access_log=settings.effective_access_log,
         untraced_paths=UNTRACED_PATHS,
     )

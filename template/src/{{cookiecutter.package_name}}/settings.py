@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import {% if cookiecutter.with_httpx %}AnyHttpUrl, {% endif %}BeforeValidator, Field, field_validator
+from pydantic import {% if cookiecutter.with_httpx %}AnyHttpUrl, {% endif %}BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Environment = Literal["development", "production", "test"]
+from .telemetry.tenant import is_tenant_id
+
+# How the process behaves (RUN_MODE); where it runs is ENVIRONMENT, a label of its own.
+RunMode = Literal["development", "production", "test"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 # Where whole-trace sampling decisions are made (telemetry/sampling.py).
 SamplingMode = Literal["service", "collector"]
 
-# Share of ordinary traces exported per environment when LOGFIRE_TRACE_SAMPLE_RATE is not set
+# Share of ordinary traces exported per run mode when LOGFIRE_TRACE_SAMPLE_RATE is not set
 # (failed and slow requests are always exported).
-DEFAULT_SAMPLE_RATES: dict[Environment, float] = {
+DEFAULT_SAMPLE_RATES: dict[RunMode, float] = {
     "development": 1.0,
     "production": 0.1,
     "test": 1.0,
 }
-DEFAULT_LOG_LEVELS: dict[Environment, LogLevel] = {
+DEFAULT_LOG_LEVELS: dict[RunMode, LogLevel] = {
     "development": "debug",
     "production": "info",
     "test": "debug",
@@ -47,22 +50,38 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
-    environment: Environment = "development"
+    # Two settings, so that a staging cluster behaves like production and still says "staging".
+    run_mode: RunMode = Field(
+        default="development",
+        description=(
+            "How the process behaves: `development` (readable console, access log, every trace, "
+            "debug logs), `production` (JSON lines on stdout, 10% of ordinary traces, info logs; "
+            "what the image sets) or `test` (quiet). The variables below override each default."
+        ),
+    )
+    environment: str = Field(
+        default="local",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description=(
+            "Where it runs, e.g. `dev`, `staging`, `production`: the `environment` of every span "
+            "and log (OpenTelemetry's deployment.environment.name). A label: it changes nothing."
+        ),
+    )
     host: str = "127.0.0.1"
     port: int = Field(default={{ cookiecutter.http_port }}, ge=0, le=65535)
 {%- if cookiecutter.metrics_separate_port %}
     metrics_port: int = Field(default={{ cookiecutter.metrics_port }}, ge=0, le=65535)
 {%- endif %}
     log_level: LogLevel | None = Field(
-        default=None, description="Defaults to debug in development and test, info in production."
+        default=None, description="Defaults to info in the production run mode, debug otherwise."
     )
     logfire_trace_sample_rate: float | None = Field(
         default=None,
         ge=0.0,
         le=1.0,
         description=(
-            "Share of ordinary traces exported; defaults to 1.0, or 0.1 in production. Failed "
-            "and slow requests are always exported."
+            "Share of ordinary traces exported; defaults to 1.0, or 0.1 in the production run "
+            "mode. Failed and slow requests are always exported."
         ),
     )
     trace_sampling: SamplingMode = Field(
@@ -80,7 +99,7 @@ class Settings(BaseSettings):
     )
     access_log: bool | None = Field(
         default=None,
-        description="One log line per request; defaults to on in development only.",
+        description="One log line per request; defaults to on in the development run mode only.",
     )
     distributed_tracing: bool = Field(
         default=True,
@@ -93,7 +112,13 @@ class Settings(BaseSettings):
     tenant_header_session_id: str = "X-Session-Id"
     tenant_header_llm_request_id: str = "X-LLM-Request-Id"
     tenant_id_max_length: int = Field(default=128, ge=1, le=1024)
-    tenant_metrics_max_accounts: int = Field(default=50, ge=0)
+    tenant_metrics_accounts: CommaSeparated = Field(
+        default=(),
+        description=(
+            "Accounts counted under their own id in tenant_requests_total (say, your largest "
+            "customers); any other account is `~other`. Empty: no account id on /metrics."
+        ),
+    )
     tenant_trusted_callers: CommaSeparated = Field(
         default=("*",),
         description=(
@@ -129,6 +154,16 @@ class Settings(BaseSettings):
     )
 {%- endif %}
 
+    @model_validator(mode="after")
+    def _metric_accounts_are_tenant_ids(self) -> Self:
+        for account in self.tenant_metrics_accounts:
+            if not is_tenant_id(account, self.tenant_id_max_length):
+                raise ValueError(
+                    f"tenant_metrics_accounts: {account!r} is not an account id a request can "
+                    f"carry (letters, digits and ._:- up to {self.tenant_id_max_length})"
+                )
+        return self
+
     @field_validator("tenant_trusted_callers")
     @classmethod
     def _networks_or_any(cls, callers: tuple[str, ...]) -> tuple[str, ...]:
@@ -151,17 +186,17 @@ class Settings(BaseSettings):
     def trace_sample_rate(self) -> float:
         if self.logfire_trace_sample_rate is not None:
             return self.logfire_trace_sample_rate
-        return DEFAULT_SAMPLE_RATES[self.environment]
+        return DEFAULT_SAMPLE_RATES[self.run_mode]
 
     @property
     def effective_access_log(self) -> bool:
         if self.access_log is not None:
             return self.access_log
-        return self.environment == "development"
+        return self.run_mode == "development"
 
     @property
     def effective_log_level(self) -> LogLevel:
-        return self.log_level or DEFAULT_LOG_LEVELS[self.environment]
+        return self.log_level or DEFAULT_LOG_LEVELS[self.run_mode]
 
     @property
     def tenant_headers(self) -> dict[str, str]:

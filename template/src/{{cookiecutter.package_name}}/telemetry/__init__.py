@@ -41,7 +41,7 @@ def configure_telemetry(
         metric_readers=metric_readers,
     )
 {%- if cookiecutter.with_httpx or cookiecutter.with_sqlalchemy or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics %}
-    instrument_libraries()
+    instrument_libraries({% if cookiecutter.with_httpx %}settings{% endif %})
 {%- endif %}
-    configure_logging(settings.effective_log_level, json_lines=settings.environment == "production")
+    configure_logging(settings.effective_log_level, json_lines=settings.run_mode == "production")
     return policy

@@ -17,7 +17,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from .. import __version__
 from .sampling import LateSpanIds, now_ns
-from .tenant import TENANT_ATTRIBUTES
+from .tenant import current_tenant
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -38,12 +38,24 @@ SERVICE_NAME = "{{ cookiecutter.project_slug }}"
 # OpenTelemetry's default is 10 s per export attempt, retried until that deadline: with the
 # collector down, shutdown would hang that long. 2 s bounds it (override with the same variable).
 DEFAULT_OTLP_TIMEOUT_SECONDS = "2"
+# Logfire's name for a baggage entry on a span or log that has an attribute of the same name.
+BAGGAGE_CONFLICT_PREFIX = "baggage_conflict."
 
 
 def keep_tenant_ids(match: logfire.ScrubMatch) -> Any:
-    """Keep tenant ids: they are validated ids, not secrets, but look like `session` to Logfire."""
+    """Keep the request's tenant ids, and nothing else that merely shares their names.
+
+    `session_id` looks like a credential to Logfire. An attribute named after a tenant id is kept
+    only when its value is the id the middleware accepted for the current request (its baggage,
+    `current_tenant()`), so `extra={"session_id": cookie}` is redacted like any other secret,
+    inside a request or not. Logfire renames the request's id `baggage_conflict.<name>` on a
+    record that has a field of that name. Scrubbing runs as the span or log ends, in its context.
+    """
     path = match.path
-    if len(path) == 2 and path[0] == "attributes" and path[1] in TENANT_ATTRIBUTES:
+    if len(path) != 2 or path[0] != "attributes" or not isinstance(path[1], str):
+        return None
+    tenant_id = current_tenant().get(path[1].removeprefix(BAGGAGE_CONFLICT_PREFIX))
+    if tenant_id is not None and match.value == tenant_id:
         return match.value
     return None
 
@@ -69,7 +81,7 @@ def configure_logfire(
         service_version=__version__,
         environment=settings.environment,
         console=logfire.ConsoleOptions(min_log_level=level, show_project_link=False)
-        if settings.environment == "development"
+        if settings.run_mode == "development"
         else False,
         min_level=level,
         sampling=policy.sampling_options(),

@@ -28,6 +28,7 @@ from loguru import logger as loguru_logger
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
+from .logfire_config import BAGGAGE_CONFLICT_PREFIX
 from .sampling import at_time
 from .tenant import current_tenant
 
@@ -109,9 +110,16 @@ class JsonLines(JsonFormatter):
         super().add_fields(log_data, record, message_dict)
         log_data["level"] = record.levelname.lower()
         fields = {k: v for k, v in log_data.items() if k not in _UNSCRUBBED}
+        # The tenant ids as Logfire copies them onto the exported log: a field of the record's
+        # own with the same name and another value keeps its place, the id goes beside it.
+        for name, tenant_id in current_tenant().items():
+            if name not in fields:
+                fields[name] = tenant_id
+            elif fields[name] != tenant_id:
+                fields[BAGGAGE_CONFLICT_PREFIX + name] = tenant_id
         if fields:
             # The scrubber Logfire applies to a log's attributes, with the same patterns and the
-            # same callback (tenant ids kept): one policy for both ways out.
+            # same callback (the request's tenant ids kept): one policy for both ways out.
             scrubber = logfire.DEFAULT_LOGFIRE_INSTANCE.config.scrubber
             scrubbed, _ = scrubber.scrub_value(("attributes",), fields)
             log_data.update(scrubbed)
@@ -119,7 +127,6 @@ class JsonLines(JsonFormatter):
         if span_context.is_valid:
             log_data["trace_id"] = format(span_context.trace_id, "032x")
             log_data["span_id"] = format(span_context.span_id, "016x")
-        log_data.update(current_tenant())
 
 
 def configure_logging(log_level: str, *, json_lines: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     REGISTRY,
@@ -55,9 +56,13 @@ ACTIVE_REQUESTS = Gauge(
     # Across gunicorn workers: the sum over the live ones (gunicorn.conf.py reaps dead workers).
     multiprocess_mode="livesum",
 )
+# Label values no account id can take: ids are letters, digits and `._:-` (tenant.py).
+NO_ACCOUNT = "~none"
+OTHER_ACCOUNT = "~other"
 TENANT_REQUESTS = Counter(
     "tenant_requests",
-    "Requests per tenant account: the first TENANT_METRICS_MAX_ACCOUNTS ids, then `other`.",
+    "Requests per tenant account: the accounts in TENANT_METRICS_ACCOUNTS by id, any other as "
+    f"`{OTHER_ACCOUNT}`, none as `{NO_ACCOUNT}`.",
     ["account_id", "outcome"],
 )
 HEADER_REJECTIONS = Counter(
@@ -71,23 +76,21 @@ for _attribute in TENANT_ATTRIBUTES:
 
 
 class AccountLabels:
-    """`account_id` label values: the first `max_accounts` ids seen, then `other`.
+    """`account_id` label values: the configured accounts by their id, any other as `~other`.
 
-    Account ids come from clients: without a bound, each new one would add series forever.
+    Account ids come from clients: each new one would add series forever. A cap on "the first N
+    ids seen" would depend on arrival order, so pods would disagree and restarts reshuffle; a list
+    configured alike on every pod (TENANT_METRICS_ACCOUNTS) labels each account the same way
+    everywhere and always. Empty by default: then no account id is on /metrics at all.
     """
 
-    def __init__(self, max_accounts: int) -> None:
-        self.max_accounts = max_accounts
-        self._seen: set[str] = set()
+    def __init__(self, accounts: Iterable[str]) -> None:
+        self.accounts = frozenset(accounts)
 
     def label(self, account_id: str | None) -> str:
         if account_id is None:
-            return "none"
-        if account_id not in self._seen:
-            if len(self._seen) >= self.max_accounts:
-                return "other"
-            self._seen.add(account_id)
-        return account_id
+            return NO_ACCOUNT
+        return account_id if account_id in self.accounts else OTHER_ACCOUNT
 
 
 def multiprocess_dir() -> str | None:

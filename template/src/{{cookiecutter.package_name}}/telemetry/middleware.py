@@ -117,14 +117,14 @@ class TelemetryMiddleware:
         *,
         tenant_headers: TenantHeaders,
         policy: TracePolicy,
-        max_accounts: int,
+        metric_accounts: Iterable[str],
         access_log: bool = False,
         untraced_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.tenant_headers = tenant_headers
         self.policy = policy
-        self.accounts = AccountLabels(max_accounts)
+        self.accounts = AccountLabels(metric_accounts)
         self.access_log = access_log
         self.untraced_paths = frozenset(untraced_paths)
         self.tracer = trace.get_tracer(__name__)

@@ -75,6 +75,11 @@ class TenantHeaders:
         return None
 
 
+def is_tenant_id(value: str, max_length: int) -> bool:
+    """Whether a request could carry `value` as a tenant id (for ids given in settings)."""
+    return len(value) <= max_length and _ALLOWED.fullmatch(value.encode()) is not None
+
+
 def current_tenant() -> dict[str, str]:
     """The tenant ids of the request being handled (empty outside a request)."""
     ids = baggage.get_all()
