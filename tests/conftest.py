@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_DIR, engines, prometheus, variants
+from helpers import REPO_DIR, datastores, engines, prometheus, variants
 from helpers.project_env import ProjectEnv, create_env, default_uv_cache_dir, find_python
 from pytest_cookies.plugin import _cookiecutter_config_file, cookies, cookies_session
 
@@ -147,3 +147,17 @@ def project_env(
         return ProjectEnv(root=root, python=python, uv_cache_dir=uv_cache_dir)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def datastore_env() -> Iterator[dict[str, str]]:
+    """A real PostgreSQL and Redis for this worker, started on first use, as the variables the
+    generated tests read (TEST_DATABASE_URL, TEST_REDIS_URL) and the service reads (REDIS_URL)."""
+    absent = datastores.missing()
+    assert not absent, f"install {', '.join(absent)} (.ci/run does)"
+    with datastores.running_postgres() as dsn, datastores.running_redis() as redis_url:
+        yield {
+            "TEST_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
+            "TEST_REDIS_URL": redis_url,
+            "REDIS_URL": redis_url,
+        }
