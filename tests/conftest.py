@@ -7,6 +7,7 @@ cookies plugin (`-p no:cookies`) and its fixtures are re-exported here instead.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,14 +151,19 @@ def project_env(
 
 
 @pytest.fixture(scope="session")
-def datastore_env() -> Iterator[dict[str, str]]:
-    """A real PostgreSQL and Redis for this worker, started on first use, as the variables the
-    generated tests read (TEST_DATABASE_URL, TEST_REDIS_URL) and the service reads (REDIS_URL)."""
-    absent = datastores.missing()
-    assert not absent, f"install {', '.join(absent)} (.ci/run does)"
-    with datastores.running_postgres() as dsn, datastores.running_redis() as redis_url:
+def redis_url() -> Iterator[str]:
+    """A real Redis for this worker, started on first use (services with Redis are ready with it)."""
+    assert shutil.which("redis-server"), "install Debian's redis-server package (.ci/run does)"
+    with datastores.running_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def datastore_env(redis_url: str) -> Iterator[dict[str, str]]:
+    """A real PostgreSQL and Redis for this worker, as the variables the generated tests read."""
+    assert datastores.postgres_bin_dir(), "install Debian's postgresql package (.ci/run does)"
+    with datastores.running_postgres() as dsn:
         yield {
             "TEST_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
             "TEST_REDIS_URL": redis_url,
-            "REDIS_URL": redis_url,
         }

@@ -101,7 +101,7 @@ def lint_exposition(url: str, workdir: Path) -> dict[str, Any]:
     return {"returncode": result.returncode, "output": result.stdout + result.stderr}
 
 
-def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
+def observe(project: ProjectEnv, workdir: Path, redis_url: str) -> dict[str, Any]:
     """Boot the service and Prometheus, drive the traffic, and record what Prometheus answers."""
     answers = yaml.safe_load((project.root / ".copier-answers.yml").read_text())
     package, job = answers["package_name"], answers["project_slug"]
@@ -110,7 +110,7 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
     dashboard = json.loads((project.root / "deploy" / "grafana" / "dashboard.json").read_text())
 
     port = free_port()
-    extra = {"PYTHONPATH": str(workdir)}
+    extra = {"PYTHONPATH": str(workdir), "REDIS_URL": redis_url}  # all_features: ready with Redis
     metrics_port = port
     if answers["metrics_separate_port"]:
         metrics_port = free_port()
@@ -179,14 +179,17 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
 # whose environment the generated-project checks sync anyway).
 @pytest.fixture(scope="session", params=["default", "all_features"])
 def observed(
-    request: pytest.FixtureRequest, project_env: Callable[[str, str], ProjectEnv], shared_dir: Path
+    request: pytest.FixtureRequest,
+    project_env: Callable[[str, str], ProjectEnv],
+    shared_dir: Path,
+    redis_url: str,
 ) -> dict[str, Any]:
     """One boot per variant per test session, shared by every xdist worker through a JSON record."""
     project = project_env("copier", request.param)
 
     def build(dest: Path) -> None:
         dest.mkdir(parents=True)
-        record = observe(project, dest)
+        record = observe(project, dest, redis_url)
         (dest / "observed.json").write_text(json.dumps(record, indent=1))
 
     folder = engines.shared_once(shared_dir, f"prometheus-e2e-{request.param}", build)
