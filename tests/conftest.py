@@ -7,13 +7,14 @@ cookies plugin (`-p no:cookies`) and its fixtures are re-exported here instead.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_DIR, engines, prometheus, variants
+from helpers import REPO_DIR, datastores, engines, prometheus, variants
 from helpers.project_env import ProjectEnv, create_env, default_uv_cache_dir, find_python
 from pytest_cookies.plugin import _cookiecutter_config_file, cookies, cookies_session
 
@@ -147,3 +148,22 @@ def project_env(
         return ProjectEnv(root=root, python=python, uv_cache_dir=uv_cache_dir)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis for this worker, started on first use (services with Redis are ready with it)."""
+    assert shutil.which("redis-server"), "install Debian's redis-server package (.ci/run does)"
+    with datastores.running_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def datastore_env(redis_url: str) -> Iterator[dict[str, str]]:
+    """A real PostgreSQL and Redis for this worker, as the variables the generated tests read."""
+    assert datastores.postgres_bin_dir(), "install Debian's postgresql package (.ci/run does)"
+    with datastores.running_postgres() as dsn:
+        yield {
+            "TEST_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
+            "TEST_REDIS_URL": redis_url,
+        }

@@ -107,14 +107,22 @@ class BootRun:
 
 
 @pytest.fixture(scope="module", params=BOOTED)
-def run(request: pytest.FixtureRequest, project_env: Callable[[str, str], ProjectEnv]) -> BootRun:
+def run(
+    request: pytest.FixtureRequest,
+    project_env: Callable[[str, str], ProjectEnv],
+    redis_url: str,
+) -> BootRun:
     variant: str = request.param
     project = project_env("copier", variant)
     separate_metrics = bool(variants.answers(variant).get("metrics_separate_port"))
     with OtlpReceiver() as receiver:
         port, metrics_port = free_port(), free_port()
         env = service_env(
-            project.env(), port=port, otlp_endpoint=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY=NEVER_MS
+            project.env(),
+            port=port,
+            otlp_endpoint=receiver.endpoint,
+            OTEL_BSP_SCHEDULE_DELAY=NEVER_MS,
+            REDIS_URL=redis_url,  # all_features is ready once its Redis answers
         )
         if separate_metrics:
             env["METRICS_PORT"] = str(metrics_port)

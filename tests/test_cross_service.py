@@ -113,7 +113,7 @@ class CrossRun:
 
 
 @pytest.fixture(scope="module")
-def run(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[CrossRun]:
+def run(project_env: Callable[[str, str], ProjectEnv], redis_url: str) -> Iterator[CrossRun]:
     service_a = project_env("copier", "all_features")
     service_b = project_env("cookiecutter", "default")
     with OtlpReceiver() as receiver, Recorder(UNTRUSTED_ADDRESS) as recorder:
@@ -130,8 +130,10 @@ def run(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[CrossRun]:
         processes = {
             # B counts its accounts by id only when they are listed.
             "B": boot(service_b, "B", TENANT_METRICS_ACCOUNTS=TENANT["account_id"]),
-            "A": boot(service_a, "A", UPSTREAM_URL=b_url, METRICS_PORT=str(free_port())),
-            "A'": boot(service_a, "A'", UPSTREAM_URL=recorder.url, METRICS_PORT=str(free_port())),
+            "A": boot(service_a, "A", UPSTREAM_URL=b_url, METRICS_PORT=str(free_port()), REDIS_URL=redis_url),
+            "A'": boot(
+                service_a, "A'", UPSTREAM_URL=recorder.url, METRICS_PORT=str(free_port()), REDIS_URL=redis_url
+            ),
         }
         try:
             for process in processes.values():

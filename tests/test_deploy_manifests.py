@@ -231,6 +231,34 @@ def test_environment_and_secret(built: Any, variant: str) -> None:
         assert "METRICS_PORT" not in env
 
 
+@pytest.mark.parametrize("target", deploy.TARGETS)
+@pytest.mark.parametrize("variant", ["all_features", "default"])
+def test_migrations_run_in_an_init_container_before_the_service(
+    built: Any, variant: str, target: str
+) -> None:
+    """The same image, command and database as the service, hardened like it; only with SQLAlchemy."""
+    deployment = built("copier", variant, target)["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    if not variants.effective_flags(variant)["with_sqlalchemy"]:
+        assert "initContainers" not in pod
+        assert "DATABASE_URL" not in env
+        return
+    (init,) = pod["initContainers"]
+    assert init["image"] == container["image"]
+    assert init["command"] == [deployment["metadata"]["name"], "migrate"]  # the console script
+    init_env = {item["name"]: item for item in init["env"]}
+    assert init_env["DATABASE_URL"] == env["DATABASE_URL"]
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        reference = env[name]
+        assert "value" not in reference, f"{name} may carry a password: a Secret, never inline"
+        assert reference["valueFrom"]["secretKeyRef"].get("optional") is not True, name
+    assert init["securityContext"] == container["securityContext"]
+    assert {m["mountPath"] for m in init["volumeMounts"]} == {"/tmp"}
+    assert set(init["resources"]["limits"]) == {"cpu", "memory"}
+
+
 @pytest.mark.parametrize("variant", deploy.KUBERNETES_VARIANTS)
 def test_metrics_port_is_named_and_scraped(built: Any, variant: str) -> None:
     objects = built("copier", variant)

@@ -90,7 +90,7 @@ class FleetRun:
 
 
 @pytest.fixture(scope="module")
-def fleet(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[FleetRun]:
+def fleet(project_env: Callable[[str, str], ProjectEnv], redis_url: str) -> Iterator[FleetRun]:
     project = project_env("copier", "all_features")
     nothing_listens = f"http://127.0.0.1:{free_port()}"
     with OtlpReceiver() as receiver:
@@ -108,6 +108,7 @@ def fleet(project_env: Callable[[str, str], ProjectEnv]) -> Iterator[FleetRun]:
                 UPSTREAM_URL=upstream,
                 TENANT_FORWARD_HOSTS="127.0.0.1",
                 METRICS_PORT=str(metrics_ports[name]),
+                REDIS_URL=redis_url,  # all_features is ready with its Redis
             )
             command = [str(project.console_script)]
             return ServiceProcess(command, cwd=project.root, env=env, port=ports[name])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 from helpers import variants
-from helpers.project_env import ProjectEnv
+from helpers.project_env import ProjectEnv, run_own_tests
 
 ProjectEnvFactory = Callable[[str, str], ProjectEnv]
 
@@ -60,7 +60,9 @@ def test_mypy_strict(project_env: ProjectEnvFactory, engine: str, variant: str) 
 
 
 @pytest.mark.parametrize(("engine", "variant"), PARAMS)
-def test_own_test_suite(project_env: ProjectEnvFactory, engine: str, variant: str) -> None:
+def test_own_test_suite(
+    project_env: ProjectEnvFactory, request: pytest.FixtureRequest, engine: str, variant: str
+) -> None:
     project = project_env(engine, variant)
-    result = project.tool("pytest", "-q", "-p", "no:cacheprovider", timeout=600)
+    result = run_own_tests(project, variant, lambda: request.getfixturevalue("datastore_env"))
     assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-5000:]

@@ -31,9 +31,16 @@ from helpers import deploy, prometheus, variants
 Generated = Callable[[str, str], Path]
 
 LOCAL = Path("deploy/local")
-# The default layout, /metrics on its own port with the database (all_features), no dashboard,
-# no Kubernetes: every conditional part of the stack.
-VARIANTS = ("default", "all_features", "with_grafana_dashboard_off", "with_kubernetes_off")
+# The default layout, /metrics on its own port with every datastore (all_features), PostgreSQL
+# without SQLAlchemy (asyncpg), Redis alone, no dashboard, no Kubernetes: every conditional part.
+VARIANTS = (
+    "default",
+    "all_features",
+    "with_asyncpg_on",
+    "with_redis_on",
+    "with_grafana_dashboard_off",
+    "with_kubernetes_off",
+)
 SERVICES = {"app", "otel-collector", "otel-tail-sampler", "jaeger", "prometheus", "grafana"}
 COLLECTOR = Path("deploy/collector")
 
@@ -93,7 +100,10 @@ def test_compose_wiring(generated: Generated, variant: str) -> None:
     local = project / LOCAL
     services = compose(project)["services"]
     database = answer(project, "with_sqlalchemy")
-    assert set(services) == SERVICES | ({"postgres"} if database else set())
+    postgres = database or answer(project, "with_asyncpg")
+    redis = answer(project, "with_redis")
+    expected = SERVICES | ({"migrate"} if database else set()) | ({"postgres"} if postgres else set())
+    assert set(services) == expected | ({"redis"} if redis else set())
 
     for name, service in services.items():
         for volume in service.get("volumes", []):
@@ -105,7 +115,7 @@ def test_compose_wiring(generated: Generated, variant: str) -> None:
             assert port.startswith("127.0.0.1:"), f"{name}: {port} is reachable from the network"
         for dependency in service.get("depends_on", []):
             assert dependency in services, f"{name} depends on unknown {dependency}"
-        if name == "app":
+        if name in ("app", "migrate"):
             assert (local / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
             continue
         repository, _, tag = service["image"].rpartition(":")
@@ -157,14 +167,35 @@ def test_compose_wiring(generated: Generated, variant: str) -> None:
         assert not (local / "grafana" / "dashboards.yaml").exists()
         assert not any("dashboard" in source for source in grafana_mounts.values())
 
+    check_datastores(services, database=database, redis=redis, slug=answer(project, "project_slug"))
+
+
+def check_datastores(services: dict[str, Any], *, database: bool, redis: bool, slug: str) -> None:
+    """Each datastore the answers turn on, the service's URL for it, and the migration step."""
+    app = services["app"]["environment"]
+    depends_on = services["app"]["depends_on"]
     if database:
         url = app["DATABASE_URL"]
         environment = services["postgres"]["environment"]
         user, password, db = (environment[f"POSTGRES_{k}"] for k in ("USER", "PASSWORD", "DB"))
         assert url == f"postgresql+asyncpg://{user}:{password}@postgres:5432/{db}"
-        assert services["app"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        # The migration step: the service's own image and command, its database, before the service.
+        migrate = services["migrate"]
+        assert migrate["image"] == services["app"]["image"] and migrate["build"] == services["app"]["build"]
+        assert migrate["command"] == [slug, "migrate"]
+        assert migrate["environment"]["DATABASE_URL"] == url
+        assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert depends_on["migrate"]["condition"] == "service_completed_successfully"
+        # The service itself does not wait for the database: it starts without it.
+        assert "postgres" not in depends_on
     else:
-        assert "DATABASE_URL" not in app
+        assert "DATABASE_URL" not in app or not app["DATABASE_URL"].startswith("postgresql+asyncpg")
+        assert "migrate" not in services
+    if redis:
+        assert app["REDIS_URL"] == "redis://redis:6379/0"
+        assert "redis-cli" in services["redis"]["healthcheck"]["test"]
+    else:
+        assert "REDIS_URL" not in app
 
 
 @pytest.mark.parametrize("variant", ["default", "all_features"])
@@ -499,4 +530,6 @@ def test_variants_cover_every_conditional_part() -> None:
     flags = [variants.effective_flags(v) for v in VARIANTS]
     assert any(f["with_sqlalchemy"] for f in flags) and not all(f["with_sqlalchemy"] for f in flags)
     assert any(not f["with_grafana_dashboard"] for f in flags)
-    assert set(VARIANTS) - {"all_features"} <= set(deploy.DEPLOY_VARIANTS)
+    assert any(f["with_asyncpg"] and not f["with_sqlalchemy"] for f in flags)
+    assert any(f["with_redis"] for f in flags) and not all(f["with_redis"] for f in flags)
+    assert set(VARIANTS) - {"all_features", "with_asyncpg_on", "with_redis_on"} <= set(deploy.DEPLOY_VARIANTS)

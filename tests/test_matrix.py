@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from helpers import deploy, matrix, prometheus, variants
-from helpers.project_env import ProjectEnv
+from helpers.project_env import ProjectEnv, run_own_tests
 
 Generated = Callable[[str, str], Path]
 ProjectEnvFactory = Callable[[str, str], ProjectEnv]
@@ -72,13 +72,14 @@ def test_matrix_is_deterministic() -> None:
 
 @pytest.mark.parametrize("variant", list(PAIRWISE), ids=row_id)
 def test_pairwise_variant_lints_type_checks_and_passes_its_tests(
-    project_env: ProjectEnvFactory, variant: str
+    project_env: ProjectEnvFactory, request: pytest.FixtureRequest, variant: str
 ) -> None:
     env = project_env("copier", variant)
     env.tool("ruff", "check", "--no-cache", ".")
     env.tool("ruff", "format", "--check", "--no-cache", ".")
     env.tool("mypy")
-    env.tool("pytest", "-q", "-p", "no:cacheprovider", timeout=600)
+    # With a datastore option: the migration and Redis tests against real servers, none skipped.
+    run_own_tests(env, variant, lambda: request.getfixturevalue("datastore_env"))
 
 
 @pytest.mark.skipif(bool(prometheus.missing_binaries()), reason="needs promtool (.ci/run installs it)")

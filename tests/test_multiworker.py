@@ -144,7 +144,7 @@ def items_ok(scrape: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> flo
 
 @pytest.fixture
 def start_gunicorn(
-    project_env: Callable[[str, str], ProjectEnv], tmp_path: Path
+    project_env: Callable[[str, str], ProjectEnv], tmp_path: Path, redis_url: str
 ) -> Iterator[Callable[..., Gunicorn]]:
     started: list[ServiceProcess] = []
 
@@ -171,6 +171,8 @@ def start_gunicorn(
             WEB_CONCURRENCY="2",
             PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir),
             METRICS_PORT=str(metrics_port),
+            # all_features is ready once its Redis answers.
+            REDIS_URL=redis_url,
         )
         args = [str(project.venv_bin / "gunicorn"), "-c", str(conf), "mw_app:app"]
         service = ServiceProcess(args, cwd=project.root, env=env, port=port)

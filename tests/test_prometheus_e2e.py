@@ -101,7 +101,7 @@ def lint_exposition(url: str, workdir: Path) -> dict[str, Any]:
     return {"returncode": result.returncode, "output": result.stdout + result.stderr}
 
 
-def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
+def observe(project: ProjectEnv, workdir: Path, redis_url: str) -> dict[str, Any]:
     """Boot the service and Prometheus, drive the traffic, and record what Prometheus answers."""
     answers = yaml.safe_load((project.root / ".copier-answers.yml").read_text())
     package, job = answers["package_name"], answers["project_slug"]
@@ -110,8 +110,8 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
     dashboard = json.loads((project.root / "deploy" / "grafana" / "dashboard.json").read_text())
 
     port = free_port()
-    # acct-a is counted under its id; acct-b, not listed, as ~other.
-    extra = {"PYTHONPATH": str(workdir), "TENANT_METRICS_ACCOUNTS": "acct-a"}
+    # acct-a is counted under its id; acct-b, not listed, as ~other. all_features is ready with Redis.
+    extra = {"PYTHONPATH": str(workdir), "TENANT_METRICS_ACCOUNTS": "acct-a", "REDIS_URL": redis_url}
     metrics_port = port
     if answers["metrics_separate_port"]:
         metrics_port = free_port()
@@ -140,6 +140,7 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
             return {
                 "job": job,
                 "metrics_separate_port": answers["metrics_separate_port"],
+                "datastores": answers["with_sqlalchemy"] or answers["with_redis"],
                 "public_metrics_status": public_metrics,
                 "spec": spec,
                 "statuses": statuses,
@@ -180,14 +181,17 @@ def observe(project: ProjectEnv, workdir: Path) -> dict[str, Any]:
 # whose environment the generated-project checks sync anyway).
 @pytest.fixture(scope="session", params=["default", "all_features"])
 def observed(
-    request: pytest.FixtureRequest, project_env: Callable[[str, str], ProjectEnv], shared_dir: Path
+    request: pytest.FixtureRequest,
+    project_env: Callable[[str, str], ProjectEnv],
+    shared_dir: Path,
+    redis_url: str,
 ) -> dict[str, Any]:
     """One boot per variant per test session, shared by every xdist worker through a JSON record."""
     project = project_env("copier", request.param)
 
     def build(dest: Path) -> None:
         dest.mkdir(parents=True)
-        record = observe(project, dest)
+        record = observe(project, dest, redis_url)
         (dest / "observed.json").write_text(json.dumps(record, indent=1))
 
     folder = engines.shared_once(shared_dir, f"prometheus-e2e-{request.param}", build)
@@ -219,9 +223,12 @@ def test_service_exposes_the_metric_contract(observed: dict[str, Any]) -> None:
     exposed: dict[str, set[str]] = {}
     for labels in series:
         exposed.setdefault(labels["__name__"], set()).update(set(labels) - {"__name__", "job", "instance"})
-    missing = sorted(set(deploy.SERVICE_METRICS) - set(exposed))
+    contract = dict(deploy.SERVICE_METRICS)
+    if observed["datastores"]:
+        contract.update(deploy.DATASTORE_METRICS)  # its readiness checks ran while it booted
+    missing = sorted(set(contract) - set(exposed))
     assert not missing, f"the service does not expose {missing}"
-    for name, labels in deploy.SERVICE_METRICS.items():
+    for name, labels in contract.items():
         assert exposed[name] == labels, name
     count = "http_server_request_duration_seconds_count"
     routes = {s.get("http_route") for s in series if s["__name__"] == count}

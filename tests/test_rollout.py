@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,14 +97,20 @@ def grace_after_drain(project: ProjectEnv) -> float:
 
 
 def test_drain_then_sigterm_loses_no_request_and_no_span(
-    project_env: Callable[[str, str], ProjectEnv],
+    project_env: Callable[[str, str], ProjectEnv], redis_url: str, tmp_path: Path
 ) -> None:
     project = project_env("copier", "all_features")
     with OtlpReceiver() as receiver:
         port = free_port()
         env = service_env(
-            project.env(), port=port, otlp_endpoint=receiver.endpoint, METRICS_PORT=str(free_port())
+            project.env(),
+            port=port,
+            otlp_endpoint=receiver.endpoint,
+            METRICS_PORT=str(free_port()),
+            DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'notes.sqlite3'}",
+            REDIS_URL=redis_url,
         )
+        project.run(str(project.console_script), "migrate", env=env)  # the uploads store notes
         with ServiceProcess([str(project.console_script)], cwd=project.root, env=env, port=port) as service:
             service.wait_ready()
             router = Router(service.url)

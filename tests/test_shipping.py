@@ -62,6 +62,7 @@ COMMON_TARGETS = {
     "rules-test",
 }
 KUBERNETES_TARGETS = {"k8s-render", "prometheusrule"}
+DATABASE_TARGETS = {"migrate"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +500,28 @@ def test_workflow_builds_and_smoke_tests_the_image(project: Project) -> None:
     assert "docker build" in commands
     assert "--read-only" in commands
     assert f"127.0.0.1:{project.answers['http_port']}/readyz" in commands
+    if project.answers["with_sqlalchemy"] or project.answers["with_redis"]:
+        # No datastore next to the container: alive, and not ready (it starts without them).
+        assert f"127.0.0.1:{project.answers['http_port']}/healthz" in commands
+        assert '"status":"unavailable"' in commands
+
+
+def test_workflow_gives_the_tests_their_datastores(project: Project) -> None:
+    """The migrations run on PostgreSQL and the Redis tests run in CI: not skipped there."""
+    code = workflow(project)["jobs"]["code"]
+    services, env = code.get("services", {}), code.get("env", {})
+    assert ("postgres" in services) == ("TEST_DATABASE_URL" in env) == project.answers["with_sqlalchemy"]
+    assert ("redis" in services) == ("TEST_REDIS_URL" in env) == project.answers["with_redis"]
+    if project.answers["with_sqlalchemy"]:
+        postgres = services["postgres"]["env"]
+        user, password, database = (postgres[f"POSTGRES_{k}"] for k in ("USER", "PASSWORD", "DB"))
+        port = services["postgres"]["ports"][0].split(":")[0]
+        assert (
+            env["TEST_DATABASE_URL"] == f"postgresql+asyncpg://{user}:{password}@127.0.0.1:{port}/{database}"
+        )
+    if project.answers["with_redis"]:
+        port = services["redis"]["ports"][0].split(":")[0]
+        assert env["TEST_REDIS_URL"].startswith(f"redis://127.0.0.1:{port}/")
 
 
 def test_the_linters_are_not_vacuous(default_project: Project, tmp_path: Path) -> None:
@@ -546,6 +569,7 @@ def make_targets(project: Project) -> set[str]:
 
 def test_makefile_has_the_everyday_targets(project: Project) -> None:
     expected = COMMON_TARGETS | (KUBERNETES_TARGETS if project.answers["with_kubernetes"] else set())
+    expected |= DATABASE_TARGETS if project.answers["with_sqlalchemy"] else set()
     assert make_targets(project) == expected
     result = run(["make", "help"], project.path)
     assert result.returncode == 0, result.stderr
@@ -579,6 +603,9 @@ def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
     assert f"docker build --tag {project.answers['container_image']}:dev ." in recipe("docker-build")
     assert "docker compose --file deploy/local/compose.yaml up --build --detach --wait" in recipe("up")
     assert "docker compose --file deploy/local/compose.yaml down --volumes" in recipe("down")
+    if project.answers["with_sqlalchemy"]:
+        # The console script's migration step, as the local stack and the init container run it.
+        assert recipe("migrate").strip() == f"uv run {project.answers['project_slug']} migrate"
 
 
 def test_make_k8s_render_builds_the_kustomize_base(k8s_project: Project) -> None:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+{% if cookiecutter.with_redis -%}
+import os
+{% endif -%}
+{% if cookiecutter.with_sqlalchemy -%}
+import shutil
+{% endif -%}
 {% if cookiecutter.metrics_separate_port -%}
 import socket
 {% endif -%}
 from collections.abc import Iterator
 from dataclasses import dataclass
+{%- if cookiecutter.with_sqlalchemy %}
+from pathlib import Path
+{%- endif %}
 
 {% if cookiecutter.metrics_separate_port -%}
 import httpx
@@ -24,8 +33,14 @@ from loguru import logger as loguru_logger
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
+{%- if cookiecutter.with_sqlalchemy %}
+from sqlalchemy.ext.asyncio import create_async_engine
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.app import create_app
+{%- if cookiecutter.with_sqlalchemy %}
+from {{ cookiecutter.package_name }}.migrations import upgrade
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
 
 TENANT_HEADERS = {
@@ -42,6 +57,14 @@ TENANT_ATTRIBUTES = {
 }
 
 
+{%- if cookiecutter.with_redis %}
+# A Redis server for the tests that need one (CI starts one); without it they are skipped.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
+# Nothing listens on port 1: connecting is refused at once.
+UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
+{%- endif %}
+
+
 def make_settings(**overrides: object) -> Settings:
     """Settings for tests: `test` run mode and environment, no `.env` file, explicit overrides."""
     # A loaded CI machine must not make an ordinary request slow (and so always exported).
@@ -50,6 +73,13 @@ def make_settings(**overrides: object) -> Settings:
         "environment": "test",
         "slow_request_seconds": 60.0,
     }
+{%- if cookiecutter.with_sqlalchemy %}
+    # An empty database (no tables): the `settings` fixture gives tests a migrated one.
+    defaults["database_url"] = "sqlite+aiosqlite:///:memory:"
+{%- endif %}
+{%- if cookiecutter.with_redis %}
+    defaults["redis_url"] = TEST_REDIS_URL or UNREACHABLE_REDIS_URL
+{%- endif %}
 {%- if cookiecutter.metrics_separate_port %}
     defaults["metrics_port"] = free_port()
 {%- endif %}
@@ -86,9 +116,43 @@ def scrape(client: TestClient, accept: str = "") -> Scrape:
     return Scrape(response.status_code, response.headers["content-type"], response.text)
 
 
+{% if cookiecutter.with_sqlalchemy -%}
+async def migrate(url: str) -> None:
+    """Apply every migration to `url` (what the `migrate` command does to DATABASE_URL)."""
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.run_sync(upgrade)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database at the newest migration, made once per run: each test gets a copy."""
+    path = tmp_path_factory.mktemp("database") / "migrated.sqlite3"
+    asyncio.run(migrate(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture
+def settings(migrated_database: Path, tmp_path: Path) -> Settings:
+    database = tmp_path / "service.sqlite3"
+    shutil.copyfile(migrated_database, database)
+    return make_settings(database_url=f"sqlite+aiosqlite:///{database}")
+{%- else -%}
 @pytest.fixture
 def settings() -> Settings:
     return make_settings()
+{%- endif %}
+{%- if cookiecutter.with_redis %}
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """TEST_REDIS_URL; the test is skipped without it."""
+    if TEST_REDIS_URL is None:
+        pytest.skip("needs a Redis server: set TEST_REDIS_URL, e.g. redis://127.0.0.1:6379/15")
+    return TEST_REDIS_URL
+{%- endif %}
 
 
 @pytest.fixture

@@ -187,6 +187,6 @@ def test_workers_leave_the_metrics_port_to_the_master() -> None:
     app = create_app(make_settings())
     port = app.state.settings.metrics_port
     with TestClient(app) as client, socket.socket() as probe:
-        assert client.get("/readyz").status_code == 200
+        assert client.get("/healthz").status_code == 200
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "a worker bound METRICS_PORT"
 {%- endif %}

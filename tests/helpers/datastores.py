@@ -9,6 +9,9 @@ in a temporary directory with nothing persisted:
     with postgres_server() as postgres:    # one that can be stopped, started, paused, resumed
         postgres.stop(); postgres.start()
 
+    with redis_server(started=False) as redis:    # stopped and started again on the same port
+        redis.start(); redis.stop()
+
 PostgreSQL refuses to run as root: as root, its cluster belongs to the `postgres` user the
 package creates, and its programs run as that user (`runuser`), in a directory of its own under
 the system's temporary directory (pytest's are private to the user running the tests).
@@ -67,23 +70,6 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeo
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port} after {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-@contextmanager
-def _serving(command: list[str], port: int, log: Path) -> Iterator[None]:
-    """Runs `command` (its output in `log`) for the block, which starts once it listens on `port`."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_port(port, process, log)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class PostgresServer:
@@ -189,11 +175,50 @@ def running_postgres() -> Iterator[str]:
         yield server.dsn
 
 
+class RedisServer:
+    """A Redis server that saves nothing and that a test can stop and start again on its port."""
+
+    def __init__(self, home: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._command = [
+            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(home)),
+            *("--save", "", "--appendonly", "no"),
+        ]
+        self._log = home / "server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as out:
+            self._process = subprocess.Popen(self._command, stdout=out, stderr=subprocess.STDOUT)
+        _wait_for_port(self.port, self._process, self._log)
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+@contextmanager
+def redis_server(*, started: bool = True) -> Iterator[RedisServer]:
+    """A Redis server (running unless `started=False`), stopped when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="redis-") as directory:
+        server = RedisServer(Path(directory))
+        if started:
+            server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 @contextmanager
 def running_redis() -> Iterator[str]:
     """A Redis server that saves nothing; yields its URL."""
-    with tempfile.TemporaryDirectory(prefix="redis-") as directory:
-        port = free_port()
-        server = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory]
-        with _serving([*server, "--save", "", "--appendonly", "no"], port, Path(directory) / "server.log"):
-            yield f"redis://127.0.0.1:{port}/0"
+    with redis_server() as server:
+        yield server.url

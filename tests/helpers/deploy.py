@@ -19,7 +19,15 @@ import promql_parser
 import yaml
 
 #: Variants with Kubernetes manifests, and all the variants whose deploy/ the tests read.
-KUBERNETES_VARIANTS = ("default", "deploy_answers", "slo_loose", "slo_strict", "with_grafana_dashboard_off")
+#: all_features: the migration init container, the datastore secrets and alerts.
+KUBERNETES_VARIANTS = (
+    "default",
+    "deploy_answers",
+    "slo_loose",
+    "slo_strict",
+    "with_grafana_dashboard_off",
+    "all_features",
+)
 DEPLOY_VARIANTS = (*KUBERNETES_VARIANTS, "with_kubernetes_off")
 ENGINES = ("copier", "cookiecutter")
 #: What `kubectl kustomize` builds: the base and each environment's overlay.
@@ -47,6 +55,8 @@ SERVICE_METRICS: dict[str, frozenset[str]] = {
     "process_cpu_seconds_total": frozenset(),
     "process_resident_memory_bytes": frozenset(),
 }
+#: Series a service with a datastore option exposes besides (its readiness checks' outcomes).
+DATASTORE_METRICS: dict[str, frozenset[str]] = {"readiness_checks_total": frozenset({"check", "result"})}
 #: Series from kube-state-metrics and cAdvisor (kube-prometheus-stack) that the pod alerts read.
 KUBERNETES_METRICS: dict[str, frozenset[str]] = {
     "kube_pod_container_status_restarts_total": frozenset({"namespace", "pod", "container"}),
@@ -161,7 +171,7 @@ def expr_names(expr: str) -> ExprNames:
 def unknown_names(expr: str, recorded: frozenset[str]) -> list[str]:
     """Metric or label names in `expr` that neither the service, Kubernetes nor a rule provides."""
     names = expr_names(expr)
-    known_metrics = {**SERVICE_METRICS, **KUBERNETES_METRICS, **PROMETHEUS_METRICS}
+    known_metrics = {**SERVICE_METRICS, **DATASTORE_METRICS, **KUBERNETES_METRICS, **PROMETHEUS_METRICS}
     problems: list[str] = []
     all_labels: set[str] = set(TARGET_LABELS | RECORDED_LABELS)
     for labels in known_metrics.values():

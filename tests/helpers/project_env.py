@@ -13,8 +13,11 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers import variants
 
 # Variables of the repo's own environment that must not steer the generated project's tools.
 _LEAKY_ENV = (
@@ -150,3 +153,20 @@ def create_env(source: Path, dest: Path, python: str, uv_cache_dir: Path) -> Pro
     project = ProjectEnv(root=dest, python=python, uv_cache_dir=uv_cache_dir)
     project.run("uv", "sync", "--python", python, timeout=900)
     return project
+
+
+def run_own_tests(
+    project: ProjectEnv, variant: str, datastore_env: Callable[[], dict[str, str]]
+) -> subprocess.CompletedProcess[str]:
+    """The project's own pytest. With a datastore option, against real PostgreSQL and Redis
+    (`datastore_env()`: TEST_DATABASE_URL, TEST_REDIS_URL), and none of their tests skipped."""
+    flags = variants.effective_flags(variant)
+    env = project.env()
+    if flags["with_sqlalchemy"] or flags["with_redis"]:
+        env.update(datastore_env())
+    result = project.tool("pytest", "-q", "-rs", "-p", "no:cacheprovider", timeout=600, env=env)
+    for variable in ("TEST_DATABASE_URL", "TEST_REDIS_URL"):
+        assert variable not in result.stdout, (
+            f"tests skipped for want of {variable}:\n{result.stdout[-3000:]}"
+        )
+    return result

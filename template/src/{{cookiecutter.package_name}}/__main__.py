@@ -1,4 +1,4 @@
-"""Serve the app with uvicorn.
+"""Serve the app with uvicorn{% if cookiecutter.with_sqlalchemy %}, or migrate the database schema (`migrate`){% endif %}.
 
 Runs as the console script `{{ cookiecutter.project_slug }}`
 and as `python -m {{ cookiecutter.package_name }}`.
@@ -7,17 +7,42 @@ and as `python -m {{ cookiecutter.package_name }}`.
 from __future__ import annotations
 
 import argparse
+{%- if cookiecutter.with_sqlalchemy %}
+import logging
+{%- endif %}
 
 import uvicorn
 
 from .app import create_app
+{%- if cookiecutter.with_sqlalchemy %}
+from .migrations import upgrade
+{%- endif %}
 from .settings import Settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the service with uvicorn.")
+{%- if cookiecutter.with_sqlalchemy %}
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["serve", "migrate"],
+        default="serve",
+        help="serve (the default), or migrate: bring DATABASE_URL's schema up to date and exit",
+    )
+{%- endif %}
     parser.add_argument("--reload", action="store_true", help="restart when the code changes")
+{%- if cookiecutter.with_sqlalchemy %}
+    arguments = parser.parse_args()
+    if arguments.command == "migrate":
+        # Alembic reports each migration it applies through std logging.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        upgrade()
+        return
+    reload: bool = arguments.reload
+{%- else %}
     reload: bool = parser.parse_args().reload
+{%- endif %}
     settings = Settings()
     uvicorn.run(
         # Reloading needs an import string: each restart builds the app anew.

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+{%- if cookiecutter.with_redis %}
+from functools import partial
+{%- endif %}
 from typing import TYPE_CHECKING
 
 import logfire
@@ -14,12 +17,15 @@ from prometheus_client import start_http_server
 {%- endif %}
 
 from . import __version__
-from .api import {% if cookiecutter.with_pydantic_ai %}agent, {% endif %}health, items{% if cookiecutter.with_sqlalchemy %}, notes{% endif %}{% if cookiecutter.with_httpx %}, upstream{% endif %}
+from .api import {% if cookiecutter.with_pydantic_ai %}agent, {% endif %}{% if cookiecutter.with_redis %}counters, {% endif %}health, items{% if cookiecutter.with_sqlalchemy %}, notes{% endif %}{% if cookiecutter.with_httpx %}, upstream{% endif %}
 {%- if cookiecutter.with_sqlalchemy %}
 from .db import Database
 {%- endif %}
 {%- if cookiecutter.with_httpx %}
 from .http_client import create_http_client
+{%- endif %}
+{%- if cookiecutter.with_redis %}
+from .redis_client import create_redis_client, ping
 {%- endif %}
 from .settings import Settings
 from .telemetry import configure_telemetry
@@ -41,9 +47,19 @@ UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics")
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+{%- if cookiecutter.with_sqlalchemy or cookiecutter.with_redis %}
+    # Pools and clients belong to the event loop that serves: opened here, closed below. None of
+    # them connects yet, so the service starts while a datastore is down and /readyz names it.
+{%- endif %}
 {%- if cookiecutter.with_sqlalchemy %}
-    database: Database = app.state.database
-    await database.create_schema()
+    database = Database(settings.database_url, timeout_seconds=settings.database_timeout_seconds)
+    app.state.database = database
+    app.state.readiness_checks["database"] = database.ping
+{%- endif %}
+{%- if cookiecutter.with_redis %}
+    redis = create_redis_client(settings)
+    app.state.redis = redis
+    app.state.readiness_checks["redis"] = partial(ping, redis)
 {%- endif %}
 {%- if cookiecutter.metrics_separate_port %}
     # Under gunicorn (multiprocess mode) the master serves the merged metrics of all workers on
@@ -70,6 +86,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("service.stopping")
 {%- if cookiecutter.with_httpx %}
         await app.state.http_client.aclose()
+{%- endif %}
+{%- if cookiecutter.with_redis %}
+        await redis.aclose()
 {%- endif %}
 {%- if cookiecutter.with_sqlalchemy %}
         await database.dispose()
@@ -119,11 +138,10 @@ def create_app(
     app.state.settings = settings
     app.state.ready = False
     # What /readyz checks (api/health.py): add one for each dependency a request cannot do without.
-    readiness_checks: dict[str, health.ReadinessCheck] = {}
-{%- if cookiecutter.with_sqlalchemy %}
-    app.state.database = Database(settings.database_url)
-    readiness_checks["database"] = app.state.database.ping
+{%- if cookiecutter.with_sqlalchemy or cookiecutter.with_redis %}
+    # The lifespan adds the datastores' checks when it opens their clients.
 {%- endif %}
+    readiness_checks: dict[str, health.ReadinessCheck] = {}
     app.state.readiness_checks = readiness_checks
 {%- if cookiecutter.with_pydantic_ai %}
     app.state.agent = agent.build_agent(settings.ai_model)
@@ -136,6 +154,9 @@ def create_app(
 {%- endif %}
 {%- if cookiecutter.with_sqlalchemy %}
     app.include_router(notes.router)
+{%- endif %}
+{%- if cookiecutter.with_redis %}
+    app.include_router(counters.router)
 {%- endif %}
 {%- if cookiecutter.with_pydantic_ai %}
     app.include_router(agent.router)

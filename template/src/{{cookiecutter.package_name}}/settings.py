@@ -140,7 +140,32 @@ class Settings(BaseSettings):
 {%- endif %}
 {%- if cookiecutter.with_sqlalchemy %}
 
-    database_url: str = "sqlite+aiosqlite:///:memory:"
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./data.sqlite3",
+        repr=False,  # it may carry a password
+        description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user:password@host:5432/db.",
+    )
+    database_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0.0,
+        description=(
+            "Connecting, waiting for a pooled connection or one statement: longer, and the "
+            "request fails with a 503."
+        ),
+    )
+{%- endif %}
+{%- if cookiecutter.with_redis %}
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        repr=False,  # it may carry a password
+        description="Redis URL, e.g. redis://:password@host:6379/0 (rediss:// for TLS).",
+    )
+    redis_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="Connecting or one command: longer, and the request fails with a 503.",
+    )
 {%- endif %}
 
     # /readyz: each dependency check gets this long before it counts as failed. Shorter than the

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response, status
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,13 @@ router = APIRouter(tags=["health"])
 
 ReadinessCheck = Callable[[], Awaitable[object]]
 CheckResult = Literal["ok", "failed", "timeout"]
+
+# Every probe's outcome per check: the dependency alerts (deploy/prometheus/rules.yml) read it.
+READINESS_CHECKS = Counter(
+    "readiness_checks",
+    "Dependency checks run by /readyz, by check and result.",
+    ["check", "result"],
+)
 
 
 class Readiness(BaseModel):
@@ -47,6 +55,8 @@ async def readyz(request: Request, response: Response) -> Readiness:
         *(run_check(name, check, seconds) for name, check in checks.items())
     )
     outcome = dict(zip(checks, results, strict=True))
+    for name, result in outcome.items():
+        READINESS_CHECKS.labels(name, result).inc()
     if any(result != "ok" for result in results):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return Readiness(status="unavailable", checks=outcome)
