@@ -52,9 +52,15 @@ accesslog = None
 JSON_LINES: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "{{ cookiecutter.package_name }}.telemetry.logs.JsonLines"}},
+    "formatters": {
+        "json": {"()": "{{ cookiecutter.package_name }}.telemetry.logs.JsonLines"},
+    },
     "handlers": {
-        "stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stdout",
+        },
     },
     # gunicorn.access stays without a handler (accesslog = None): the service writes its own
     # request lines (ACCESS_LOG). Each worker's app configures the root logger (telemetry/logs.py).
