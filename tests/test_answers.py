@@ -239,11 +239,13 @@ def test_refusals_are_one_line_on_the_command_line(template_snapshot: Path, tmp_
 # --- accepted: working services -------------------------------------------------------------------
 
 ACCEPTED: dict[str, dict[str, Any]] = {
+    # Emoji are outside the Basic Multilingual Plane: copier's answers must not pass through
+    # escapes that split them into surrogates (which no file can be written with).
     "hostile_unicode": {
-        "project_name": "Café Ωmega — Überwachung 日本",
+        "project_name": "🚀 Café Ωmega — Überwachung 日本",
         "project_slug": "cafe-omega",
-        "description": "Überwacht alles ✓, naïvely: ça marche — 日本語のサービス",
-        "author_name": "Zoë Ñúñez-Łukasiewicz",
+        "description": "Überwacht alles ✓, naïvely: ça marche — 日本語のサービス 🦊",
+        "author_name": "Zoë Ñúñez-Łukasiewicz 🦊",
     },
     "hostile_shell": {
         "project_name": "Orders: v2 #1 & 'co' $(rm -rf /) `id`; echo",
