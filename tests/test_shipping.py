@@ -454,7 +454,7 @@ def test_workflow_lints_type_checks_and_tests_the_code(project: Project) -> None
     code = ci["jobs"]["code"]
     commands = steps_text(code)
     for expected in (
-        "uv sync",
+        "uv sync --locked",
         "uv run ruff check",
         "uv run ruff format --check",
         "uv run mypy",

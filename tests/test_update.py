@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.project_env import clean_env, default_uv_cache_dir
 from packaging.version import Version
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -219,6 +220,28 @@ def test_update_moves_the_answers_to_the_new_version(
     recorded = answers(updated_service)
     assert recorded["_commit"] == "0.2.0"
     assert recorded["_src_path"] == str(template_repo.path)
+
+
+def next_steps(printed: str) -> list[str]:
+    """The commands of copier's next-steps message, as printed, without their comments."""
+    block = printed.split("Next steps:\n\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split("  # ", 1)[0].strip() for line in block.splitlines()]
+
+
+def test_next_steps_leave_a_clean_tree_that_updates(template_repo: TemplateRepo, tmp_path: Path) -> None:
+    """The printed steps, run as printed (all but starting the server and `make check`), leave a
+    committed tree with uv.lock; the first `copier update` then runs (copier refuses a dirty one)."""
+    project = tmp_path / "orders"
+    args = [*COPIER, "copy", "--defaults", "--vcs-ref", "0.1.0", str(template_repo.path), str(project)]
+    copied = run(args, cwd=tmp_path)
+    steps = next_steps(copied.stdout + copied.stderr)
+    runnable = [step for step in steps if not step.startswith(("uv run ", "make "))]
+    assert runnable[0] == f"cd {project}" and len(runnable) == 3, steps
+    run(["bash", "-euc", "\n".join(runnable)], cwd=tmp_path, env=clean_env(default_uv_cache_dir()))
+    assert git(project, "status", "--porcelain", "--untracked-files=all") == ""
+    assert "uv.lock" in git(project, "ls-files").split()
+    copier_update(project)
+    assert answers(project)["_commit"] == "0.2.0"
 
 
 def test_template_changes_arrive(updated_service: Path, template_repo: TemplateRepo) -> None:
