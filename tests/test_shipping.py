@@ -580,6 +580,25 @@ def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
     assert "docker compose --file deploy/local/compose.yaml down --volumes" in recipe("down")
 
 
+def test_make_up_without_compose_says_so_in_one_line(default_project: Project, tmp_path: Path) -> None:
+    """No docker at all, and (where this machine has one) docker without its Compose plugin."""
+    make = shutil.which("make")
+    assert make is not None
+    no_docker = tmp_path / "bin"
+    no_docker.mkdir()
+    (no_docker / "make").symlink_to(make)
+    paths = {"no docker": str(no_docker)}
+    docker = shutil.which("docker")
+    if docker and run([docker, "compose", "version"], tmp_path).returncode != 0:
+        paths["docker without compose"] = f"{Path(docker).parent}{os.pathsep}{no_docker}"
+    for case, path in paths.items():
+        for target in ("up", "down"):
+            result = run(["make", target], default_project.path, {**os.environ, "PATH": path})
+            lines = (result.stdout + result.stderr).strip().splitlines()
+            assert result.returncode != 0 and len(lines) == 1, (case, target, lines)
+            assert "Docker Compose v2 not found" in lines[0] and f"make {target} COMPOSE=" in lines[0]
+
+
 def test_make_k8s_render_builds_the_kustomize_base(k8s_project: Project) -> None:
     result = run(["make", "--no-print-directory", "k8s-render"], k8s_project.path, tool_env())
     assert result.returncode == 0, result.stderr
