@@ -614,6 +614,19 @@ def test_make_rules_test_runs_promtool(k8s_project: Project) -> None:
     assert "SUCCESS" in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("variant", ["with_redis_on", "with_redis_off", "all_features"])
+def test_readme_datastore_example_is_not_one_already_instrumented(
+    generated: Callable[[str, str], Path], variant: str
+) -> None:
+    project = generated("copier", variant)
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Add a datastore\n", 1)[1].split("\n#", 1)[0]
+    [suggested] = re.findall(r"^logfire\.(instrument_\w+)\(\)$", section, flags=re.M)
+    instrumented = "".join(path.read_text() for path in project.glob("src/*/telemetry/instrumentations.py"))
+    assert f"logfire.{suggested}()" not in instrumented, suggested
+    assert ("Redis is instrumented already" in section) == ("instrument_redis()" in instrumented)
+
+
 def test_readme_documents_every_make_target(project: Project) -> None:
     documented = set(re.findall(r"`make ([a-z0-9-]+)", project.read("README.md")))
     assert documented == make_targets(project)
