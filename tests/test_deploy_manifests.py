@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
-from helpers import deploy, engines, variants
+from helpers import REPO_DIR, deploy, engines, variants
 
 Generated = Callable[[str, str], Path]
 
@@ -421,3 +422,15 @@ def test_runbook_changes_what_the_overlays_and_the_autoscaler_use(generated: Gen
     assert patched_hpa["spec"]["maxReplicas"] == hpa["spec"]["maxReplicas"]
     assert hpa_file in runbook.split("### Scaling out", 1)[1]
     assert "--replicas" not in runbook
+
+
+def test_minimum_kubernetes_version_is_stated_and_needed(generated: Generated, built: Any) -> None:
+    """deploy/README.md names the version the manifests are validated against, and they need it:
+    before the `preStop` sleep action (1.28's schemas) the Deployment is refused."""
+    readme = (generated("copier", "default") / "deploy" / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"needs Kubernetes (\d+\.\d+) or later", readme)
+    assert stated is not None
+    assert stated.group(1) == ".".join(deploy.KUBERNETES_VERSION.split(".")[:2])
+    assert f"Kubernetes {stated.group(1)} or later" in (REPO_DIR / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(kubernetes_validate.ValidationError, match="sleep"):
+        kubernetes_validate.validate(built("copier", "default")["Deployment"], "1.28.0", strict=True)
