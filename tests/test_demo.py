@@ -86,3 +86,29 @@ def test_demo_generates_starts_and_shows_a_trace(template_snapshot: Path, tmp_pa
         'http_route="/items/{item_id}"' in line and 'http_response_status_code="200"' in line
         for line in counters
     ), output
+
+    # The README's `uvx copier copy ...`, as its one line says to run it without uv on PATH.
+    service = tmp_path / "orders-api"
+    copied = subprocess.run(
+        [
+            "scripts/uv",
+            "tool",
+            "run",
+            "copier",
+            "copy",
+            "--quiet",
+            "--defaults",
+            "-r",
+            "HEAD",
+            ".",
+            str(service),
+        ],
+        cwd=clone,
+        env=fresh_machine_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    assert (service / ".copier-answers.yml").is_file()

@@ -97,3 +97,22 @@ def test_uv_shim_installs_uv_on_an_externally_managed_python(tmp_path: Path) -> 
     assert "WARNING" not in result.stderr, result.stderr
     assert result.stdout.startswith("uv "), result.stdout
     assert (tmp_path / ".tools" / "uv" / "bin" / "uv").is_file()
+
+
+def test_readme_commands_work_after_the_quick_start() -> None:
+    """After the Quick start there may be no uv on PATH: the README's own commands go through
+    scripts/, and one line says how to run its `uvx` commands (tests/test_demo.py runs one so)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
+    commands = [
+        command.strip()
+        for block in blocks
+        for command in block.replace("\\\n", " ").splitlines()
+        if command.strip() and not command.lstrip().startswith("#")
+    ]
+    assert commands
+    assert [
+        command for command in commands if not command.startswith(("scripts/", "git clone ", "cd ", "uvx "))
+    ] == []
+    repo_commands = re.findall(r"`(uv run (?:pytest|python|bench)[^`]*)`", README)
+    assert repo_commands == [], "commands in this checkout run through scripts/uv"
+    assert "`uvx` is uv's tool runner" in README and "`scripts/uv tool run`" in README
