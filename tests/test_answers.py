@@ -434,7 +434,13 @@ def test_hostile_answers_import_and_build_their_app(
         str(env.venv_bin / "python"),
         "-c",
         code,
-        env=env.env(PYTHONPATH=str(project / "src"), ENVIRONMENT="test", PYTHONIOENCODING="utf-8"),
+        # The generated folder is shared and compared byte for byte with cookiecutter's: no __pycache__.
+        env=env.env(
+            PYTHONPATH=str(project / "src"),
+            ENVIRONMENT="test",
+            PYTHONIOENCODING="utf-8",
+            PYTHONDONTWRITEBYTECODE="1",
+        ),
     )
     assert result.stdout.strip().splitlines()[-1] == answers["project_name"]
 
