@@ -38,6 +38,8 @@ from copier import run_copy
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
+# The uv running this script (`uv run` exports it; scripts/uv's own copy is not on PATH).
+UV = os.environ.get("UV") or "uv"
 MODES = ("bare", "production", "traced", "collector", "diy", "diy-tail", "diy-traced")
 ROUTES = {"items": "/items/1", "deep": "/deep"}
 # The service's default SLOW_REQUEST_SECONDS (the latency SLO threshold answer), for diy-tail.
@@ -128,14 +130,14 @@ def generate_service(workdir: Path) -> Service:
     run_copy(str(REPO), str(root), vcs_ref="HEAD", defaults=True, unsafe=False, quiet=True)
     env = clean_env(UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
     python_version = "{}.{}".format(*sys.version_info[:2])
-    sync = ["uv", "sync", "--quiet", "--no-dev", "--python", python_version]
+    sync = [UV, "sync", "--quiet", "--no-dev", "--python", python_version]
     subprocess.run(sync, cwd=root, env=env, check=True)
     python = root / ".venv" / "bin" / "python"
     # The extras may add packages, never move the service's own: its versions are constraints.
-    freeze = ["uv", "pip", "freeze", "--exclude-editable", "--python", str(python)]
+    freeze = [UV, "pip", "freeze", "--exclude-editable", "--python", str(python)]
     pinned = workdir / "service-versions.txt"
     pinned.write_text(subprocess.run(freeze, env=env, capture_output=True, text=True, check=True).stdout)
-    install = ["uv", "pip", "install", "--quiet", "--python", str(python), "--constraint", str(pinned)]
+    install = [UV, "pip", "install", "--quiet", "--python", str(python), "--constraint", str(pinned)]
     subprocess.run([*install, *EXTRA_PACKAGES], cwd=root, env=env, check=True)
     (package,) = [path.parent.name for path in (root / "src").glob("*/__init__.py")]
     for app in ("bare.py", "diy.py", "service.py"):
@@ -146,7 +148,7 @@ def generate_service(workdir: Path) -> Service:
 def package_versions(service: Service) -> dict[str, str]:
     wanted = {"fastapi", "uvicorn", "logfire", "opentelemetry-sdk", "prometheus-fastapi-instrumentator"}
     freeze = subprocess.run(
-        ["uv", "pip", "freeze", "--python", str(service.python)], capture_output=True, text=True, check=True
+        [UV, "pip", "freeze", "--python", str(service.python)], capture_output=True, text=True, check=True
     ).stdout
     pairs = (line.split("==", 1) for line in freeze.splitlines() if "==" in line)
     return {name: version for name, version in pairs if name in wanted}

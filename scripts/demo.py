@@ -8,9 +8,10 @@
     uv run scripts/demo.py --once     # the same, but stop after the sample requests (used by tests)
 
 It needs copier only (the inline metadata above: `uv run` installs just that, not the template's
-test tools). The generated service gets its own environment (`uv sync`).
+test tools). The generated service gets its own environment (`uv sync`), made by the uv that runs
+this script: `uv run` exports its path as UV, and scripts/uv's own uv is not on PATH.
 
-The service runs in the development environment: spans and logs print readably on this console.
+The service runs in the development run mode: spans and logs print readably on this console.
 A few sample requests with tenant headers are sent as soon as it is ready, so a request trace,
 its `item.fetched` event and the moved Prometheus counters are visible within seconds.
 """
@@ -49,6 +50,14 @@ def generate(dest: Path) -> Path:
         shutil.rmtree(project)
     copier.run_copy(str(REPO_DIR), str(project), vcs_ref="HEAD", defaults=True, unsafe=False, quiet=True)
     return project
+
+
+def uv_executable() -> str:
+    """The uv that runs this script (UV, set by `uv run`), else the one on PATH."""
+    found = os.environ.get("UV") or shutil.which("uv")
+    if not found:
+        raise SystemExit("demo> uv not found: run this script as `scripts/uv run scripts/demo.py`")
+    return found
 
 
 def port_in_use(port: int) -> bool:
@@ -118,15 +127,16 @@ def main() -> int:
         print(f"demo> port {busy} is busy: using {args.port} instead (choose one with --port)", flush=True)
 
     print(f"demo> generating a service with default answers into {args.dest / SERVICE_SLUG}", flush=True)
+    uv = uv_executable()
     project = generate(args.dest.resolve())
     print("demo> installing its environment (uv sync)", flush=True)
-    subprocess.run(["uv", "sync", "--quiet"], cwd=project, check=True)
+    subprocess.run([uv, "sync", "--quiet"], cwd=project, check=True)
 
     base_url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "ENVIRONMENT": "development", "HOST": "127.0.0.1", "PORT": str(args.port)}
+    env = {**os.environ, "RUN_MODE": "development", "HOST": "127.0.0.1", "PORT": str(args.port)}
     env.pop("VIRTUAL_ENV", None)  # the service has its own environment, not this repo's
     print(f"demo> starting it: uv run {SERVICE_SLUG}", flush=True)
-    process = subprocess.Popen(["uv", "run", "--quiet", SERVICE_SLUG], cwd=project, env=env)
+    process = subprocess.Popen([uv, "run", "--quiet", SERVICE_SLUG], cwd=project, env=env)
     try:
         wait_until_ready(base_url, process, timeout=60)
         print(

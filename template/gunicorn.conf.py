@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -47,6 +47,27 @@ keepalive = 5
 preload_app = False
 # No access log: the SERVER span and the duration histogram record every request already.
 accesslog = None
+# In production every line on stdout is a JSON object: gunicorn's own lines too, and those of the
+# uvicorn workers, which log through gunicorn's handlers. Same formatter as the service's records.
+JSON_LINES: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "{{ cookiecutter.package_name }}.telemetry.logs.JsonLines"},
+    },
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stdout",
+        },
+    },
+    # gunicorn.access stays without a handler (accesslog = None): the service writes its own
+    # request lines (ACCESS_LOG). Each worker's app configures the root logger (telemetry/logs.py).
+    "loggers": {"gunicorn.error": {"handlers": ["stdout"], "propagate": False}},
+    "root": {"handlers": []},
+}
+logconfig_dict = JSON_LINES if settings.run_mode == "production" else {}
 # gunicorn 25.1+ opens a control socket under $HOME by default: not wanted in a read-only container,
 # and a second instance on the same host would collide with it. (Older versions ignore this.)
 control_socket_disable = True

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from helpers import REPO_DIR, datastores, engines, prometheus, variants
-from helpers.project_env import ProjectEnv, create_env, default_uv_cache_dir, find_python
+from helpers.project_env import ProjectEnv, create_env, default_uv_cache_dir, find_python, put_uv_on_path
 from pytest_cookies.plugin import _cookiecutter_config_file, cookies, cookies_session
 
 # cookiecutter.json loads a Jinja extension from hooks/ (cookiecutter_extension.py). cookiecutter
@@ -45,6 +45,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # `scripts/uv run pytest` on a machine without uv: the uv it installed is not on PATH, but the
+    # generated services' Makefiles, CI steps and the benchmark call `uv`. Tests that need a machine
+    # without uv (tests/test_demo.py) give their commands a PATH of their own.
+    put_uv_on_path()
     # `--template` defaults to the working directory: make the fixtures find this repo from anywhere.
     if not (Path(config.option.template) / "copier.yml").is_file():
         config.option.template = str(REPO_DIR)

@@ -44,6 +44,8 @@ REFUSED: list[tuple[str, dict[str, str], str]] = [
     ("name-too-long", {"project_name": "X" * 65}, "project_name"),
     ("name-double-quotes", {"project_name": 'The "Best" API'}, "project_name"),
     ("name-newline", {"project_name": "Line\nbreak"}, "project_name"),
+    # An invisible right-to-left override would make the name read differently than it is.
+    ("name-bidi-override", {"project_name": "Orders \u202eipa"}, "project_name"),
     ("name-jinja", {"project_name": "{{ 7 * 7 }}"}, "project_name"),
     # The derived slug `3d-printer` starts with a digit: the user is told to give one.
     ("name-leading-digit", {"project_name": "3D Printer"}, "project_slug"),
@@ -236,14 +238,62 @@ def test_refusals_are_one_line_on_the_command_line(template_snapshot: Path, tmp_
         assert "'project_slug'" in lines[0] and "'2fa-service' must start with a letter" in lines[0]
 
 
+def _cli(*command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *command], cwd=cwd, capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="copier 9.19 prints a refusal computed from -d/--defaults answers as an undefined value "
+    "(`'dict object' has no attribute \"...\"`): without --trust (a Jinja extension) no template "
+    "can make it print another line. Fails (XPASS) once copier prints the refusal as it is.",
+)
+def test_copier_refusal_line_is_the_refusal_itself(template_snapshot: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _cli(
+        "copier",
+        "copy",
+        "--defaults",
+        "-r",
+        "HEAD",
+        "-d",
+        "http_port=80",
+        str(template_snapshot),
+        str(out),
+        cwd=tmp_path,
+    )
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Invalid answer for question 'http_port'"), line
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cookiecutter 2.7 converts a yes/no answer given on the command line before any template "
+    "code runs and raises a bare ValueError (a traceback ending in `maybe provided for variable "
+    "with_httpx could not be converted to a boolean.`). Fails (XPASS) once cookiecutter reports it.",
+)
+def test_cookiecutter_refuses_a_non_boolean_in_one_line(template_snapshot: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _cli(
+        "cookiecutter", "--no-input", "-o", str(out), str(template_snapshot), "with_httpx=maybe", cwd=tmp_path
+    )
+    assert result.returncode == 1 and (not out.exists() or not any(out.iterdir()))
+    [line] = result.stderr.strip().splitlines()
+    assert "with_httpx" in line, line
+
+
 # --- accepted: working services -------------------------------------------------------------------
 
 ACCEPTED: dict[str, dict[str, Any]] = {
+    # Emoji are outside the Basic Multilingual Plane: copier's answers must not pass through
+    # escapes that split them into surrogates (which no file can be written with).
     "hostile_unicode": {
-        "project_name": "Café Ωmega — Überwachung 日本",
+        "project_name": "🚀 Café Ωmega — Überwachung 日本 👩\u200d💻",
         "project_slug": "cafe-omega",
-        "description": "Überwacht alles ✓, naïvely: ça marche — 日本語のサービス",
-        "author_name": "Zoë Ñúñez-Łukasiewicz",
+        "description": "Überwacht alles ✓, naïvely: ça marche — 日本語のサービス 🦊",
+        "author_name": "Zoë Ñúñez-Łukasiewicz 🦊",
     },
     "hostile_shell": {
         "project_name": "Orders: v2 #1 & 'co' $(rm -rf /) `id`; echo",
@@ -384,7 +434,13 @@ def test_hostile_answers_import_and_build_their_app(
         str(env.venv_bin / "python"),
         "-c",
         code,
-        env=env.env(PYTHONPATH=str(project / "src"), RUN_MODE="test", PYTHONIOENCODING="utf-8"),
+        # The generated folder is shared and compared byte for byte with cookiecutter's: no __pycache__.
+        env=env.env(
+            PYTHONPATH=str(project / "src"),
+            RUN_MODE="test",
+            PYTHONIOENCODING="utf-8",
+            PYTHONDONTWRITEBYTECODE="1",
+        ),
     )
     assert result.stdout.strip().splitlines()[-1] == answers["project_name"]
 

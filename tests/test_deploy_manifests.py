@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
-from helpers import deploy, engines, variants
+from helpers import REPO_DIR, deploy, engines, variants
 
 Generated = Callable[[str, str], Path]
 
@@ -458,3 +459,38 @@ def test_readme_request_rate_autoscaler_validates(generated: Generated, built: A
     assert rules, "the README shows the Prometheus adapter rule"
     assert metric["pods"]["metric"]["name"] in yaml.safe_dump(rules)
     assert "http_server_request_duration_seconds_count" in yaml.safe_dump(rules)
+
+
+def test_runbook_changes_what_the_overlays_and_the_autoscaler_use(generated: Generated, built: Any) -> None:
+    """The runbook's actions name the files that decide resources and replicas in each environment."""
+    project = generated("copier", "default")
+    runbook = (project / "docs" / "runbook.md").read_text(encoding="utf-8")
+    for named in re.findall(r"`(deploy/[\w./-]+\.yaml)`", runbook):
+        assert (project / named).is_file(), named
+    for target in (deploy.DEV, deploy.PRODUCTION):
+        patch_file = f"{target}/deployment.yaml"
+        pod = yaml.safe_load((project / patch_file).read_text())["spec"]["template"]["spec"]
+        (patched,) = pod["containers"]
+        deployment = built("copier", "default", target)["Deployment"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["resources"] == patched["resources"], f"{patch_file} does not decide the resources"
+        assert patch_file in runbook.split("### Resources", 1)[1], patch_file
+    # Production's replicas belong to its autoscaler: `kubectl scale --replicas` would be undone.
+    hpa_file = f"{deploy.PRODUCTION}/horizontalpodautoscaler.yaml"
+    hpa = built("copier", "default", deploy.PRODUCTION)["HorizontalPodAutoscaler"]
+    patched_hpa = yaml.safe_load((project / hpa_file).read_text())
+    assert patched_hpa["spec"]["maxReplicas"] == hpa["spec"]["maxReplicas"]
+    assert hpa_file in runbook.split("### Scaling out", 1)[1]
+    assert "--replicas" not in runbook
+
+
+def test_minimum_kubernetes_version_is_stated_and_needed(generated: Generated, built: Any) -> None:
+    """deploy/README.md names the version the manifests are validated against, and they need it:
+    before the `preStop` sleep action (1.28's schemas) the Deployment is refused."""
+    readme = (generated("copier", "default") / "deploy" / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"needs Kubernetes (\d+\.\d+) or later", readme)
+    assert stated is not None
+    assert stated.group(1) == ".".join(deploy.KUBERNETES_VERSION.split(".")[:2])
+    assert f"Kubernetes {stated.group(1)} or later" in (REPO_DIR / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(kubernetes_validate.ValidationError, match="sleep"):
+        kubernetes_validate.validate(built("copier", "default")["Deployment"], "1.28.0", strict=True)

@@ -365,7 +365,7 @@ def test_command_line_names_the_question(template_snapshot: Path, tmp_path: Path
 
 @pytest.mark.parametrize("engine", engines.ENGINES)
 def test_both_engines_print_the_next_steps(template_snapshot: Path, tmp_path: Path, engine: str) -> None:
-    """Commit first (copier update needs a git history), install, run, test; then how to update."""
+    """Install (writes uv.lock), commit (copier update needs a clean history), run, test, update."""
     if engine == "copier":
         command = [
             "copier",
@@ -382,8 +382,8 @@ def test_both_engines_print_the_next_steps(template_snapshot: Path, tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     printed = result.stdout + result.stderr
     steps = [
-        "git init && git add -A && git commit -m",
         "uv sync",
+        "git init && git add -A && git commit -m",
         "uv run my-service  # http://127.0.0.1:8000/docs",
         "make check",
         "uvx copier update --defaults --conflict inline",

@@ -82,11 +82,37 @@ def test_uv_shim_installs_uv_on_an_externally_managed_python(tmp_path: Path) -> 
     python_dir = system[0] if system else Path(sys.executable).parent
     (tmp_path / "scripts").mkdir()
     shutil.copy2(REPO_DIR / "scripts" / "uv", tmp_path / "scripts" / "uv")
-    env = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": f"{python_dir}:/usr/bin:/bin"}
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": f"{python_dir}:/usr/bin:/bin"}
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        if name in os.environ:
+            env[name] = os.environ[name]  # the machine's network settings
     assert shutil.which("uv", path=env["PATH"]) is None, "this test needs a PATH without uv"
     result = subprocess.run(
         [str(tmp_path / "scripts" / "uv"), "--version"], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # pip's advice against root is for the system environment; .tools/ is ours (CI runs as root).
+    assert "WARNING" not in result.stderr, result.stderr
     assert result.stdout.startswith("uv "), result.stdout
     assert (tmp_path / ".tools" / "uv" / "bin" / "uv").is_file()
+
+
+def test_readme_commands_work_after_the_quick_start() -> None:
+    """After the Quick start there may be no uv on PATH: the README's own commands go through
+    scripts/, and one line says how to run its `uvx` commands (tests/test_demo.py runs one so)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
+    commands = [
+        command.strip()
+        for block in blocks
+        for command in block.replace("\\\n", " ").splitlines()
+        if command.strip() and not command.lstrip().startswith("#")
+    ]
+    assert commands
+    assert [
+        command for command in commands if not command.startswith(("scripts/", "git clone ", "cd ", "uvx "))
+    ] == []
+    repo_commands = re.findall(r"`(uv run (?:pytest|python|bench)[^`]*)`", README)
+    assert repo_commands == [], "commands in this checkout run through scripts/uv"
+    assert "`uvx` is uv's tool runner" in README and "`scripts/uv tool run`" in README

@@ -456,7 +456,7 @@ def test_workflow_lints_type_checks_and_tests_the_code(project: Project) -> None
     code = ci["jobs"]["code"]
     commands = steps_text(code)
     for expected in (
-        "uv sync",
+        "uv sync --locked",
         "uv run ruff check",
         "uv run ruff format --check",
         "uv run mypy",
@@ -608,6 +608,25 @@ def test_make_recipes_call_the_real_entry_points(project: Project) -> None:
         assert recipe("migrate").strip() == f"uv run {project.answers['project_slug']} migrate"
 
 
+def test_make_up_without_compose_says_so_in_one_line(default_project: Project, tmp_path: Path) -> None:
+    """No docker at all, and (where this machine has one) docker without its Compose plugin."""
+    make = shutil.which("make")
+    assert make is not None
+    no_docker = tmp_path / "bin"
+    no_docker.mkdir()
+    (no_docker / "make").symlink_to(make)
+    paths = {"no docker": str(no_docker)}
+    docker = shutil.which("docker")
+    if docker and run([docker, "compose", "version"], tmp_path).returncode != 0:
+        paths["docker without compose"] = f"{Path(docker).parent}{os.pathsep}{no_docker}"
+    for case, path in paths.items():
+        for target in ("up", "down"):
+            result = run(["make", target], default_project.path, {**os.environ, "PATH": path})
+            lines = (result.stdout + result.stderr).strip().splitlines()
+            assert result.returncode != 0 and len(lines) == 1, (case, target, lines)
+            assert "Docker Compose v2 not found" in lines[0] and f"make {target} COMPOSE=" in lines[0]
+
+
 def test_make_k8s_render_builds_the_kustomize_base(k8s_project: Project) -> None:
     result = run(["make", "--no-print-directory", "k8s-render"], k8s_project.path, tool_env())
     assert result.returncode == 0, result.stderr
@@ -621,6 +640,19 @@ def test_make_rules_test_runs_promtool(k8s_project: Project) -> None:
     result = run(["make", "rules-test"], k8s_project.path, tool_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant", ["with_redis_on", "with_redis_off", "all_features"])
+def test_readme_datastore_example_is_not_one_already_instrumented(
+    generated: Callable[[str, str], Path], variant: str
+) -> None:
+    project = generated("copier", variant)
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Add a datastore\n", 1)[1].split("\n#", 1)[0]
+    [suggested] = re.findall(r"^logfire\.(instrument_\w+)\(\)$", section, flags=re.M)
+    instrumented = "".join(path.read_text() for path in project.glob("src/*/telemetry/instrumentations.py"))
+    assert f"logfire.{suggested}()" not in instrumented, suggested
+    assert ("Redis is instrumented already" in section) == ("instrument_redis()" in instrumented)
 
 
 def test_readme_documents_every_make_target(project: Project) -> None:

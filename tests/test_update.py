@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.project_env import clean_env, default_uv_cache_dir
 from packaging.version import Version
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -139,11 +141,23 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> TemplateRepo:
         shutil.copy2(REPO_DIR / name, repo / name)
     git(repo, "init", "-q", "-b", "main")
     commit_all(repo, "Template as it is")
-    git(repo, "tag", "0.1.0")
+    tag_release(repo, "0.1.0")
     apply_template_change(repo)
     commit_all(repo, "Template change")
-    git(repo, "tag", "0.2.0")
+    tag_release(repo, "0.2.0")
     return TemplateRepo(repo, settings_template(repo).exists())
+
+
+def documented_tag_command(version: str) -> list[str]:
+    """docs/updating.md's release tag command (written for 0.2.0) for `version`."""
+    block = UPDATING_DOC.read_text(encoding="utf-8").split("<!-- release-tag -->", 1)[1]
+    (command,) = [line.strip() for line in block.split("```", 2)[1].splitlines() if "git tag" in line]
+    return shlex.split(command.replace("0.2.0", version))
+
+
+def tag_release(repo: Path, version: str) -> None:
+    """Tag the release as docs/updating.md says (an annotated tag on the release commit)."""
+    run(documented_tag_command(version), repo)
 
 
 def copier_copy(template: TemplateRepo, dst: Path, ref: str, *data: str) -> None:
@@ -219,6 +233,34 @@ def test_update_moves_the_answers_to_the_new_version(
     recorded = answers(updated_service)
     assert recorded["_commit"] == "0.2.0"
     assert recorded["_src_path"] == str(template_repo.path)
+
+
+def next_steps(printed: str) -> list[str]:
+    """The commands of copier's next-steps message, as printed, without their comments."""
+    block = printed.split("Next steps:\n\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split("  # ", 1)[0].strip() for line in block.splitlines()]
+
+
+def test_copy_records_the_newest_tagged_version(template_repo: TemplateRepo, tmp_path: Path) -> None:
+    project = tmp_path / "svc"
+    run([*COPIER, "copy", "--quiet", "--defaults", str(template_repo.path), str(project)], cwd=tmp_path)
+    assert answers(project)["_commit"] == "0.2.0"
+
+
+def test_next_steps_leave_a_clean_tree_that_updates(template_repo: TemplateRepo, tmp_path: Path) -> None:
+    """The printed steps, run as printed (all but starting the server and `make check`), leave a
+    committed tree with uv.lock; the first `copier update` then runs (copier refuses a dirty one)."""
+    project = tmp_path / "orders"
+    args = [*COPIER, "copy", "--defaults", "--vcs-ref", "0.1.0", str(template_repo.path), str(project)]
+    copied = run(args, cwd=tmp_path)
+    steps = next_steps(copied.stdout + copied.stderr)
+    runnable = [step for step in steps if not step.startswith(("uv run ", "make "))]
+    assert runnable[0] == f"cd {project}" and len(runnable) == 3, steps
+    run(["bash", "-euc", "\n".join(runnable)], cwd=tmp_path, env=clean_env(default_uv_cache_dir()))
+    assert git(project, "status", "--porcelain", "--untracked-files=all") == ""
+    assert "uv.lock" in git(project, "ls-files").split()
+    copier_update(project)
+    assert answers(project)["_commit"] == "0.2.0"
 
 
 def test_template_changes_arrive(updated_service: Path, template_repo: TemplateRepo) -> None:

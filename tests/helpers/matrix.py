@@ -110,14 +110,17 @@ def pairwise(
     return best or []
 
 
-def matrix_variants(questions: Mapping[str, Mapping[str, Any]], seeds: Sequence[Row]) -> dict[str, Row]:
+def matrix_variants(
+    questions: Mapping[str, Mapping[str, Any]], seeds: Sequence[Row], python_versions: Sequence[str]
+) -> dict[str, Row]:
     """Named variants (answers that differ from copier.yml's defaults) for the pairwise rows.
 
     `seeds` are variants already generated and checked elsewhere: their pairs count as covered.
+    `python_versions` are the `python_version` choices the rows may use (those that can run here).
     """
     booleans = [name for name, q in questions.items() if q.get("type") == "bool"]
     parameters: dict[str, list[Any]] = {name: [False, True] for name in booleans}
-    parameters["python_version"] = [str(choice) for choice in questions["python_version"]["choices"]]
+    parameters["python_version"] = list(python_versions)
     defaults = {name: q.get("default") for name, q in questions.items()}
     full_seeds = [{name: seed.get(name, defaults[name]) for name in parameters} for seed in seeds]
     variants: dict[str, Row] = {}

@@ -47,9 +47,14 @@ def service_env(
     Production behaviour by default, labelled `e2e` (ENVIRONMENT is a label apart from RUN_MODE).
     No LOGFIRE_TOKEN (nothing may reach Logfire's cloud) and no inherited OTEL_* settings; every
     trace kept (LOGFIRE_TRACE_SAMPLE_RATE=1.0, production's default is 0.1); spans exported every
-    100 ms instead of every 5 s, so tests wait for spans, not for a timer.
+    100 ms instead of every 5 s, so tests wait for spans, not for a timer. No PYTHONUNBUFFERED:
+    the service must write its lines to a file or pipe by itself.
     """
-    env = {k: v for k, v in base.items() if not k.startswith(("OTEL_", "LOGFIRE_")) and k != "PORT"}
+    env = {
+        k: v
+        for k, v in base.items()
+        if not k.startswith(("OTEL_", "LOGFIRE_")) and k not in {"PORT", "PYTHONUNBUFFERED"}
+    }
     env.update(
         RUN_MODE=run_mode,
         ENVIRONMENT=environment,
@@ -57,7 +62,6 @@ def service_env(
         PORT=str(port),
         LOGFIRE_TRACE_SAMPLE_RATE="1.0",
         OTEL_BSP_SCHEDULE_DELAY="100",
-        PYTHONUNBUFFERED="1",
     )
     if otlp_endpoint is not None:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint

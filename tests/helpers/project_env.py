@@ -36,12 +36,32 @@ _LEAKY_ENV = (
 )
 
 
+def uv_executable() -> str | None:
+    """The uv that runs the tests: `uv run` exports its own path as UV (scripts/uv's copy in
+    .tools/ is not on PATH), else the uv on PATH; None without either."""
+    exported = os.environ.get("UV")
+    if exported and os.access(exported, os.X_OK):
+        return exported
+    return shutil.which("uv")
+
+
+def put_uv_on_path() -> None:
+    """Let every child process (a generated Makefile's `uv run`, a benchmark) find that same uv."""
+    found = uv_executable()
+    if found is None:
+        return
+    folder = str(Path(found).parent)
+    path = os.environ.get("PATH", "")
+    if folder not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([folder, path]) if path else folder
+
+
 def default_uv_cache_dir() -> Path:
     """UV_CACHE_DIR if set, else uv's own default cache: shared by every worker and every run."""
     configured = os.environ.get("UV_CACHE_DIR")
     if configured:
         return Path(configured)
-    found = shutil.which("uv")
+    found = uv_executable()
     if found:
         result = subprocess.run([found, "cache", "dir"], capture_output=True, text=True, check=False)
         if result.returncode == 0 and result.stdout.strip():

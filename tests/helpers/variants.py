@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .project_env import find_python
+
 REPO_DIR = Path(__file__).resolve().parents[2]
 
 
@@ -48,6 +50,14 @@ VARIANTS["metrics_separate_port"] = {"metrics_separate_port": True}
 # The newer Python minimums (ruff/mypy target, requires-python, Dockerfile base image change).
 VARIANTS["python_3_12"] = {"python_version": "3.12"}
 VARIANTS["python_3_13"] = {"python_version": "3.13"}
+VARIANTS["python_3_14"] = {"python_version": "3.14"}
+
+#: The python_version choices with an interpreter on this machine: the pairwise matrix runs those.
+#: Any other (3.14 here: neither Debian 12 nor pyenv has it, and uv cannot download one offline) is
+#: checked without one (tests/test_generated_checks.py: wheels for it, ruff and mypy aimed at it).
+RUNNABLE_PYTHONS: tuple[str, ...] = tuple(
+    str(choice) for choice in QUESTIONS["python_version"]["choices"] if find_python(str(choice))
+)
 
 
 def register(name: str, answers: Answers) -> None:
@@ -112,5 +122,7 @@ register(
 # variants above, cover every pair of values of every boolean question and python_version.
 from . import matrix as _matrix  # noqa: E402
 
-for _name, _answers in _matrix.matrix_variants(QUESTIONS, [VARIANTS[n] for n in CHECKED_VARIANTS]).items():
+for _name, _answers in _matrix.matrix_variants(
+    QUESTIONS, [VARIANTS[n] for n in CHECKED_VARIANTS], RUNNABLE_PYTHONS
+).items():
     register(_name, _answers)

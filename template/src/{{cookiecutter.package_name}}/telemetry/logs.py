@@ -13,6 +13,7 @@ Python warnings are captured into logging too, so they come out the same way.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections import deque
@@ -26,6 +27,7 @@ import logfire
 from loguru import logger as loguru_logger
 {%- endif %}
 from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from .logfire_config import BAGGAGE_CONFLICT_PREFIX
@@ -37,6 +39,8 @@ _OWNED = "_service_telemetry_handler"
 # Fields every line has; the record's other fields (its `extra=`) are scrubbed. Tracebacks are
 # not, as Logfire leaves a span's exception alone.
 _UNSCRUBBED = frozenset({"timestamp", "level", "logger", "message", "exc_info", "stack_info"})
+# uvicorn adds `color_message`, its message with terminal colour codes: never a field of a line.
+_LEFT_OUT = (*RESERVED_ATTRS, "color_message")
 # Records a request holds at most (the latest are kept: they are the ones nearest a failure).
 MAX_HELD_RECORDS = 100
 
@@ -101,6 +105,7 @@ class JsonLines(JsonFormatter):
         super().__init__(
             ["levelname", "name", "message"],
             rename_fields={"levelname": "level", "name": "logger"},
+            reserved_attrs=_LEFT_OUT,
             timestamp=True,
         )
 
@@ -130,6 +135,7 @@ class JsonLines(JsonFormatter):
 
 
 def configure_logging(log_level: str, *, json_lines: bool) -> None:
+    _write_every_line()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _OWNED, False):
@@ -159,6 +165,18 @@ def configure_logging(log_level: str, *, json_lines: bool) -> None:
     logging.captureWarnings(capture=True)
 {%- if cookiecutter.with_loguru %}
     _forward_loguru()
+{%- endif %}
+
+
+def _write_every_line() -> None:
+    """Flush stdout at every line, the console's and the JSON lines alike.
+
+    To a file or a pipe (a container's log, `> service.log`) Python would hold up to 8 KiB of
+    lines in memory, and uvicorn ends with the SIGTERM it re-raises: they would never be written.
+    """
+    if isinstance(sys.stdout, io.TextIOWrapper) and not sys.stdout.line_buffering:
+        sys.stdout.reconfigure(line_buffering=True)
+{%- if cookiecutter.with_loguru %}
 
 
 class _ToStandardLogging(logging.Handler):
