@@ -24,6 +24,7 @@ from loguru import logger as loguru_logger
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -79,6 +80,26 @@ def scrape(client: TestClient, accept: str = "") -> Scrape:
     response = client.get("/metrics", headers=headers, follow_redirects=False)
 {%- endif %}
     return Scrape(response.status_code, response.headers["content-type"], response.text)
+
+
+def requests_with_status(method: str, route: str, status: int) -> float:
+    """How many requests the duration histogram counted for a method, route and status."""
+    labels = {
+        "http_request_method": method,
+        "http_route": route,
+        "http_response_status_code": str(status),
+    }
+    return REGISTRY.get_sample_value("http_server_request_duration_seconds_count", labels) or 0.0
+
+
+def outcomes() -> dict[str, float]:
+    """tenant_requests_total by outcome, whatever the account label."""
+    totals = dict.fromkeys(("success", "error", "client_closed"), 0.0)
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == "tenant_requests_total":
+                totals[sample.labels["outcome"]] += sample.value
+    return totals
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import logfire
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import BackgroundTasks, FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry import propagate
@@ -81,6 +81,20 @@ def app_for(capfire: CaptureLogfire, rate: float, **settings: object) -> FastAPI
             logger.info("probe.in_child")
         return {}
 
+    def report() -> None:
+        logger.info("probe.reporting")
+        raise RuntimeError("report failed")
+
+    async def later_failing(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(report)
+        return {}
+
+    async def later_slow(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(asyncio.sleep, SLOW_SECONDS * 1.2)
+        return {}
+
+    app.add_api_route("/later-failing", later_failing)
+    app.add_api_route("/later-slow", later_slow)
     app.add_api_route("/unavailable", unavailable)
     app.add_api_route("/crash", crash)
     app.add_api_route("/logs-an-error", logs_an_error)
@@ -171,6 +185,35 @@ def test_an_exception_is_recorded_on_the_late_span(
     assert event.attributes is not None
     assert event.attributes["exception.type"] == "RuntimeError"
     assert span.status.status_code.name == "ERROR"
+
+
+def test_failing_background_work_keeps_its_request_which_still_answered_200(
+    client_at_zero: TestClient, capfire: CaptureLogfire
+) -> None:
+    trace_id = random_trace_id()
+    response = client_at_zero.get("/later-failing", headers=traceparent(trace_id, sampled=False))
+
+    assert response.status_code == 200
+    span = only_server_span(capfire)
+    assert span.context.trace_id == trace_id
+    assert span.attributes is not None
+    assert span.attributes[KEPT_BECAUSE] == "error"
+    assert span.attributes["http.response.status_code"] == 200
+    assert span.status.status_code.name == "UNSET"
+    [background] = [s for s in children_of(capfire, span) if s.name == "request.background"]
+    assert background.status.status_code.name == "ERROR"
+    [record] = logs_named(capfire, "probe.reporting")
+    assert record in children_of(capfire, span)
+    [failure] = [s for s in children_of(capfire, span) if "background work failed" in s.name]
+    assert (failure.attributes or {})["logfire.level_num"] == 17  # error
+
+
+def test_slow_background_work_does_not_make_its_request_slow(
+    client_at_zero: TestClient, capfire: CaptureLogfire
+) -> None:
+    client_at_zero.get("/later-slow")
+
+    assert server_spans(capfire) == []
 
 
 def test_slow_requests_are_exported_with_their_real_duration(

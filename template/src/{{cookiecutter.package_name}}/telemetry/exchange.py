@@ -1,0 +1,84 @@
+"""What one request did, as the middleware saw it, and how to name it.
+
+The names and attributes follow OpenTelemetry's HTTP semantic conventions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .metrics import OTHER_METHOD
+
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+    from starlette.types import Scope
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's template; FastAPI's own pages (/docs, /openapi.json) by their path."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    if scope.get("endpoint") is not None and not scope.get("path_params"):
+        return str(scope["path"])
+    return None
+
+
+def span_name(method: str, route: str | None) -> str:
+    """`GET /items/{item_id}`; a method the conventions do not know is named `HTTP`."""
+    name = "HTTP" if method == OTHER_METHOD else method
+    return f"{name} {route}" if route else name
+
+
+def error_type(status: int, error: BaseException | None) -> str | None:
+    """The semantic conventions' `error.type`: the exception's class, else a 5xx status."""
+    if error is not None:
+        return type(error).__qualname__
+    return str(status) if status >= 500 else None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A request, filled in as it goes: `over` once it is answered."""
+
+    scope: Scope
+    method: str  # `_OTHER` for a method the conventions do not know
+    tenant: dict[str, str]
+    start: float  # time.perf_counter()
+    start_ns: int  # time.time_ns()
+    status: int = 500
+    error: BaseException | None = None
+    # The request is over (`duration`, `end_ns`): what the ASGI call does after is background.
+    over: bool = False
+    recorded: bool = False  # whether its SERVER span was recorded (sampling.py)
+    duration: float = 0.0
+    end_ns: int = 0
+    # Why its trace is exported whatever the sampling: "error", "slow" or None.
+    kept_because: str | None = None
+    background_error: BaseException | None = None
+    # Set when the background work gets a span: it failed, or took time.
+    background_end_ns: int = 0
+
+    def failed_as(self) -> str | None:
+        """`error.type` when the server failed, else None."""
+        return error_type(self.status, self.error)
+
+    def attributes(self, route: str | None) -> dict[str, AttributeValue]:
+        """The SERVER span's semantic-convention attributes."""
+        scope = self.scope
+        attributes: dict[str, AttributeValue] = {
+            "http.request.method": self.method,
+            "http.response.status_code": self.status,
+            "url.path": scope["path"],
+            "url.scheme": scope["scheme"],
+            "network.protocol.version": scope["http_version"],
+        }
+        if self.method == OTHER_METHOD:
+            attributes["http.request.method_original"] = scope["method"]
+        if route:
+            attributes["http.route"] = route
+        failed_as = self.failed_as()
+        if failed_as is not None:
+            attributes["error.type"] = failed_as
+        return attributes
