@@ -5,14 +5,24 @@ The names and attributes follow OpenTelemetry's HTTP semantic conventions.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from starlette.requests import ClientDisconnect
 
 from .metrics import OTHER_METHOD
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
     from starlette.types import Scope
+
+# nginx's "client closed request": the client went away before its response was sent. Not a
+# 5xx, so the availability SLO does not count it; its time still counts for the latency SLO.
+CLIENT_CLOSED_REQUEST = 499
+# How a request ends when its client goes away: the server cancels it (`CancelledError`), or the
+# app reads the body of a closed connection (Starlette raises `ClientDisconnect`).
+CLIENT_GONE = (asyncio.CancelledError, ClientDisconnect)
 
 
 def route_template(scope: Scope) -> str | None:
@@ -49,11 +59,14 @@ class Exchange:
     start_ns: int  # time.time_ns()
     status: int = 500
     error: BaseException | None = None
+    # The app has handed over the last of its response.
+    response_complete: bool = False
     # The request is over (`duration`, `end_ns`): what the ASGI call does after is background.
     over: bool = False
     recorded: bool = False  # whether its SERVER span was recorded (sampling.py)
     duration: float = 0.0
     end_ns: int = 0
+    client_gone: bool = False
     # Why its trace is exported whatever the sampling: "error", "slow" or None.
     kept_because: str | None = None
     background_error: BaseException | None = None
@@ -61,7 +74,9 @@ class Exchange:
     background_end_ns: int = 0
 
     def failed_as(self) -> str | None:
-        """`error.type` when the server failed, else None."""
+        """`error.type` when the server failed; None when it did not, or the client went away."""
+        if self.client_gone:
+            return None
         return error_type(self.status, self.error)
 
     def attributes(self, route: str | None) -> dict[str, AttributeValue]:

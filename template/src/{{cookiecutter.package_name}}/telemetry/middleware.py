@@ -12,7 +12,8 @@ Per request, in this order:
   there. What the ASGI call does afterwards (Starlette's background tasks) is background work: a
   `request.background` child span, and a failure there is an error line and span, never a 5xx;
 - a log line for every 5xx or exception (and for every request with ACCESS_LOG on), and the RED
-  metrics, labelled by route template. Probes and scrapes are left out of all of it;
+  metrics, labelled by route template. A client that goes away before its response is sent is
+  499, no error. Probes and scrapes are left out of all of it;
 - a request whose trace is not recorded (sampling.py) holds its log records; if it failed or was
   slow, its SERVER span is recorded once it is over, with the ids, times and records it had.
 """
@@ -28,7 +29,13 @@ import logfire
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
 
-from .exchange import Exchange, route_template, span_name
+from .exchange import (
+    CLIENT_CLOSED_REQUEST,
+    CLIENT_GONE,
+    Exchange,
+    route_template,
+    span_name,
+)
 from .logs import HeldRecords, hold_records
 from .metrics import (
     ACTIVE_REQUESTS,
@@ -115,13 +122,21 @@ class TelemetryMiddleware:
                     if message["type"] == "http.response.start":
                         request.status = message["status"]
                     elif message["type"] == "http.response.body" and not message.get("more_body"):
+                        # Before the send: a disconnect the server reports meanwhile is no loss.
+                        request.response_complete = True
                         await send(message)
                         finish()
                         return
                     await send(message)
 
+                async def receive_and_watch() -> Message:
+                    message = await receive()
+                    if message["type"] == "http.disconnect" and not request.response_complete:
+                        request.client_gone = True
+                    return message
+
                 try:
-                    await self.app(scope, receive, send_and_finish)
+                    await self.app(scope, receive_and_watch, send_and_finish)
                 except BaseException as exc:
                     if request.over:
                         request.background_error = exc
@@ -201,6 +216,10 @@ class TelemetryMiddleware:
         exchange.over = True
         exchange.duration = time.perf_counter() - exchange.start
         exchange.recorded = span.is_recording()  # until it ends, below
+        if isinstance(exchange.error, CLIENT_GONE):
+            exchange.client_gone = True
+        if exchange.client_gone:
+            exchange.status = CLIENT_CLOSED_REQUEST
         route = route_template(exchange.scope)
         failed_as = exchange.failed_as()
         if exchange.recorded:  # else nothing would read them
@@ -228,7 +247,7 @@ class TelemetryMiddleware:
         REQUEST_DURATION.labels(*labels).observe(
             exchange.duration, exemplar={"trace_id": trace_id} if exported else None
         )
-        outcome = "error" if failed_as is not None else "success"
+        outcome = "error" if failed_as else "client_closed" if exchange.client_gone else "success"
         account = self.accounts.label(exchange.tenant.get("account_id"))
         TENANT_REQUESTS.labels(account, outcome).inc()
         # After its line: a span ends once its records are written.
