@@ -8,6 +8,8 @@ One way out for every record: {% if cookiecutter.with_loguru %}loguru forwards t
 - in production, a stdout handler writing one JSON object per line for EVERY record at or above
   LOG_LEVEL, whether its trace is exported or not, with trace_id, span_id and the tenant ids.
   Its fields are scrubbed by Logfire's own scrubber, so stdout and spans redact the same things.
+An exception the middleware already reported for its request is not logged again (failures.py):
+the server's own "Exception in ASGI application" copy is dropped by both handlers.
 Python warnings are captured into logging too, so they come out the same way.
 """
 
@@ -28,6 +30,7 @@ from loguru import logger as loguru_logger
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
+from .failures import DropReported
 from .sampling import at_time
 from .tenant import current_tenant
 
@@ -147,6 +150,7 @@ def configure_logging(log_level: str, *, json_lines: bool) -> None:
         handlers.append(to_stdout)
     for handler in handlers:
         setattr(handler, _OWNED, True)
+        handler.addFilter(DropReported())
         root.addHandler(handler)
     # Library warnings (deprecations, an exporter's complaints) as records, not text on stderr.
     logging.captureWarnings(capture=True)

@@ -36,6 +36,7 @@ from .exchange import (
     route_template,
     span_name,
 )
+from .failures import mark_reported
 from .logs import HeldRecords, hold_records
 from .metrics import (
     ACTIVE_REQUESTS,
@@ -146,7 +147,7 @@ class TelemetryMiddleware:
                 finally:
                     if not request.over:  # it raised, or returned without a whole response
                         finish()
-                    self._after_response(span, request)
+                    self._after_response(span, request, trace_id)
                     if held is not None:
                         self._record_late(span, parent, request, held)
 
@@ -232,6 +233,9 @@ class TelemetryMiddleware:
 
         if failed_as is not None or self.access_log:
             self._log_line(exchange, route, failed_as)
+        if exchange.error is not None:
+            # Logged above, or a client that went away: either way not for the server to log.
+            mark_reported(exchange.error, trace_id)
 
         exchange.kept_because = (
             "error"
@@ -271,7 +275,7 @@ class TelemetryMiddleware:
         else:
             logger.info("%s %s %d in %.1f ms%s", *line, ids, extra=fields)
 
-    def _after_response(self, span: trace.Span, request: Exchange) -> None:
+    def _after_response(self, span: trace.Span, request: Exchange, trace_id: str) -> None:
         """Background work: its failure is logged; it gets a span when it failed or took time."""
         error = request.background_error
         end_ns = time.time_ns()
@@ -284,6 +288,7 @@ class TelemetryMiddleware:
             ids = "".join(f" {name}={value}" for name, value in request.tenant.items())
             fields = {"http.route": route, "error.type": type(error).__qualname__}
             logger.error("%s %s background work failed%s", *line, ids, exc_info=error, extra=fields)
+            mark_reported(error, trace_id)
             request.kept_because = "error"
         if request.recorded:
             self._record_background(trace.set_span_in_context(span), request)
