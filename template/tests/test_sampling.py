@@ -332,6 +332,24 @@ def test_json_lines_exemplar_and_span_name_the_same_trace(
     assert exemplars == {trace_id}
 
 
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("path", ["/items/1", "/unavailable"])
+def test_the_trace_id_header_names_the_trace_of_the_lines_and_the_late_span(
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str], path: str
+) -> None:
+    app = app_for(capfire, 0.0, environment="production")
+    with TestClient(app) as client:
+        response = client.get(path, headers=traceparent(random_trace_id(), sampled=True))
+
+    header = response.headers["X-Trace-Id"]
+    lines = json_lines(capsys.readouterr().out)
+    [line] = [e for e in lines if e["message"] in ("item.fetched", "probe.before_failing")]
+    assert line["trace_id"] == header
+    exported = {format(span.context.trace_id, "032x") for span in server_spans(capfire)}
+    # An ordinary request at rate 0 is not exported; a failed one is, under the id it named.
+    assert exported == ({header} if response.status_code >= 500 else set())
+
+
 def test_exemplars_name_only_exported_traces(capfire: CaptureLogfire) -> None:
     with TestClient(app_for(capfire, 0.3), raise_server_exceptions=False) as client:
         before = exemplar_trace_ids(client)

@@ -23,6 +23,7 @@ from .http_client import create_http_client
 {%- endif %}
 from .settings import Settings
 from .telemetry import configure_telemetry
+from .telemetry.failures import internal_server_error
 from .telemetry.metrics import {% if cookiecutter.metrics_separate_port %}multiprocess_dir{% else %}metrics_endpoint{% endif %}
 from .telemetry.middleware import TelemetryMiddleware
 from .telemetry.openapi import document_tenant_headers
@@ -112,6 +113,8 @@ def create_app(
         lifespan=lifespan,
         # TelemetryMiddleware is the one telemetry layer; FastAPI's own would duplicate its spans.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # The 500 of an unhandled exception names its trace (X-Trace-Id), as every response does.
+        exception_handlers={Exception: internal_server_error},
     )
     app.state.settings = settings
     app.state.ready = False

@@ -7,7 +7,8 @@ Per request, in this order:
 - the tenant ids become baggage (`logfire.set_baggage`), which Logfire copies onto every span and
   log of the request;
 - one SERVER span through Logfire's tracer, renamed after the route template once the router ran
-  (`GET /items/{item_id}`), with the HTTP semantic-convention attributes;
+  (`GET /items/{item_id}`), with the HTTP semantic-convention attributes. The response names the
+  trace in `X-Trace-Id`, whether the trace is exported or not: every JSON line carries it;
 - the request is over when its response is sent: its duration, metrics, log line and span end
   there. What the ASGI call does afterwards (Starlette's background tasks) is background work: a
   `request.background` child span, and a failure there is an error line and span, never a 5xx;
@@ -36,7 +37,7 @@ from .exchange import (
     route_template,
     span_name,
 )
-from .failures import mark_reported
+from .failures import TRACE_ID_HEADER, mark_reported
 from .logs import HeldRecords, hold_records
 from .metrics import (
     ACTIVE_REQUESTS,
@@ -66,6 +67,7 @@ REJECTION_LOG_INTERVAL_SECONDS = 60.0
 # after it that takes longer than this (or fails) gets its own span.
 BACKGROUND_SPAN_MIN_SECONDS = 0.001
 BACKGROUND_SPAN = "request.background"
+_TRACE_ID_HEADER = TRACE_ID_HEADER.lower().encode("ascii")
 
 
 class TelemetryMiddleware:
@@ -112,6 +114,7 @@ class TelemetryMiddleware:
                 self._held_records(span) as held,
             ):
                 trace_id = format_trace_id(span.get_span_context().trace_id)
+                trace_id_header = (_TRACE_ID_HEADER, trace_id.encode("ascii"))
                 active = ACTIVE_REQUESTS.labels(method)
                 active.inc()
 
@@ -122,6 +125,8 @@ class TelemetryMiddleware:
                 async def send_and_finish(message: Message) -> None:
                     if message["type"] == "http.response.start":
                         request.status = message["status"]
+                        headers = [*message.get("headers", ()), trace_id_header]
+                        message = {**message, "headers": headers}
                     elif message["type"] == "http.response.body" and not message.get("more_body"):
                         # Before the send: a disconnect the server reports meanwhile is no loss.
                         request.response_complete = True
