@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import logfire
 import pytest
-from fastapi import BackgroundTasks, FastAPI, HTTPException
+from fastapi import BackgroundTasks, FastAPI, HTTPException, WebSocket
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry import propagate
@@ -93,8 +93,14 @@ def app_for(capfire: CaptureLogfire, rate: float, **settings: object) -> FastAPI
         tasks.add_task(asyncio.sleep, SLOW_SECONDS * 1.2)
         return {}
 
+    async def socket_crash(websocket: WebSocket) -> None:
+        await websocket.accept()
+        logger.info("probe.socket_open")
+        raise RuntimeError("socket failed")
+
     app.add_api_route("/later-failing", later_failing)
     app.add_api_route("/later-slow", later_slow)
+    app.add_api_websocket_route("/socket-crash", socket_crash)
     app.add_api_route("/unavailable", unavailable)
     app.add_api_route("/crash", crash)
     app.add_api_route("/logs-an-error", logs_an_error)
@@ -214,6 +220,20 @@ def test_slow_background_work_does_not_make_its_request_slow(
     client_at_zero.get("/later-slow")
 
     assert server_spans(capfire) == []
+
+
+def test_a_failing_websocket_connection_is_kept(
+    client_at_zero: TestClient, capfire: CaptureLogfire
+) -> None:
+    with pytest.raises(RuntimeError), client_at_zero.websocket_connect("/socket-crash") as socket:
+        socket.receive_text()
+
+    span = only_server_span(capfire)
+    assert span.name == "WS /socket-crash"
+    assert span.attributes is not None
+    assert span.attributes[KEPT_BECAUSE] == "error"
+    [record] = logs_named(capfire, "probe.socket_open")
+    assert record in children_of(capfire, span)
 
 
 def test_slow_requests_are_exported_with_their_real_duration(

@@ -17,6 +17,8 @@ Per request, in this order:
   499, no error. Probes and scrapes are left out of all of it;
 - a request whose trace is not recorded (sampling.py) holds its log records; if it failed or was
   slow, its SERVER span is recorded once it is over, with the ids, times and records it had.
+WebSocket connections get the same tenant context, a `WS /route` SERVER span for the whole
+connection, the same sampling, and their own metrics (`websocket_server_*`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
 from .exchange import (
     CLIENT_CLOSED_REQUEST,
     CLIENT_GONE,
+    WEBSOCKET,
     Exchange,
     route_template,
     span_name,
@@ -41,12 +44,14 @@ from .failures import TRACE_ID_HEADER, mark_reported
 from .logs import HeldRecords, hold_records
 from .metrics import (
     ACTIVE_REQUESTS,
+    ACTIVE_WEBSOCKETS,
     HEADER_REJECTIONS,
     KNOWN_METHODS,
     OTHER_METHOD,
     REQUEST_DURATION,
     TENANT_REQUESTS,
     UNMATCHED_ROUTE,
+    WEBSOCKET_CONNECTIONS,
     AccountLabels,
 )
 from .sampling import KEPT_BECAUSE, recorded_as
@@ -100,6 +105,8 @@ class TelemetryMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.untraced_paths:
             await self._request(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._connection(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -156,6 +163,38 @@ class TelemetryMiddleware:
                     if held is not None:
                         self._record_late(span, parent, request, held)
 
+    async def _connection(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket connection: one SERVER span from the handshake to the close."""
+        tenant, carrier, scope = self._read_headers(scope)
+        with logfire.set_baggage(**tenant):
+            parent = self._parent(carrier)
+            connection = Exchange(scope, WEBSOCKET, tenant, time.perf_counter(), time.time_ns())
+            with (
+                self._start_span(connection, parent) as span,
+                self._held_records(span) as held,
+            ):
+                trace_id = format_trace_id(span.get_span_context().trace_id)
+                trace_id_header = (_TRACE_ID_HEADER, trace_id.encode("ascii"))
+                ACTIVE_WEBSOCKETS.inc()
+
+                async def send_and_watch(message: Message) -> None:
+                    if message["type"] == "websocket.accept":
+                        connection.accepted = True
+                        headers = [*message.get("headers", ()), trace_id_header]
+                        message = {**message, "headers": headers}
+                    await send(message)
+
+                try:
+                    await self.app(scope, receive, send_and_watch)
+                except BaseException as exc:
+                    connection.error = exc
+                    raise
+                finally:
+                    ACTIVE_WEBSOCKETS.dec()
+                    self._finish(span, connection, held, trace_id)
+                    if held is not None:
+                        self._record_late(span, parent, connection, held)
+
     def _parent(self, carrier: dict[str, str]) -> Context:
         """The caller's trace context, with the request's baggage."""
         # The global propagator is W3C tracecontext only (logfire_config.py); Logfire wraps it so
@@ -168,12 +207,13 @@ class TelemetryMiddleware:
     ) -> AbstractContextManager[trace.Span]:
         """The SERVER span, current until the ASGI call returns; `_finish` ends it."""
         scope = exchange.scope
+        verb = scope["method"] if not exchange.websocket else WEBSOCKET
         return self.tracer.start_as_current_span(
             span_name(exchange.method, route=None),
             context=parent,
             kind=SpanKind.SERVER,
             # Until the router has run, the span shows the raw path (the console prints it).
-            attributes={"logfire.msg": f"{scope['method']} {scope['path']}"},
+            attributes={"logfire.msg": f"{verb} {scope['path']}"},
             start_time=exchange.start_ns,
             record_exception=False,
             set_status_on_exception=False,
@@ -224,7 +264,7 @@ class TelemetryMiddleware:
         exchange.recorded = span.is_recording()  # until it ends, below
         if isinstance(exchange.error, CLIENT_GONE):
             exchange.client_gone = True
-        if exchange.client_gone:
+        if exchange.client_gone and not exchange.websocket:
             exchange.status = CLIENT_CLOSED_REQUEST
         route = route_template(exchange.scope)
         failed_as = exchange.failed_as()
@@ -246,19 +286,25 @@ class TelemetryMiddleware:
             "error"
             if failed_as is not None or (held is not None and held.error_logged)
             else "slow"
-            if exchange.duration > self.policy.slow_seconds
+            if exchange.duration > self.policy.slow_seconds and not exchange.websocket
             else None
         )
-        exported = self.policy.exports(
-            recorded=exchange.recorded, kept_because=exchange.kept_because
-        )
-        labels = (exchange.method, route or UNMATCHED_ROUTE, str(exchange.status))
-        REQUEST_DURATION.labels(*labels).observe(
-            exchange.duration, exemplar={"trace_id": trace_id} if exported else None
-        )
-        outcome = "error" if failed_as else "client_closed" if exchange.client_gone else "success"
-        account = self.accounts.label(exchange.tenant.get("account_id"))
-        TENANT_REQUESTS.labels(account, outcome).inc()
+        if exchange.websocket:
+            outcome = "error" if failed_as else "closed" if exchange.accepted else "rejected"
+            WEBSOCKET_CONNECTIONS.labels(route or UNMATCHED_ROUTE, outcome).inc()
+        else:
+            exported = self.policy.exports(
+                recorded=exchange.recorded, kept_because=exchange.kept_because
+            )
+            labels = (exchange.method, route or UNMATCHED_ROUTE, str(exchange.status))
+            REQUEST_DURATION.labels(*labels).observe(
+                exchange.duration, exemplar={"trace_id": trace_id} if exported else None
+            )
+            outcome = (
+                "error" if failed_as else "client_closed" if exchange.client_gone else "success"
+            )
+            account = self.accounts.label(exchange.tenant.get("account_id"))
+            TENANT_REQUESTS.labels(account, outcome).inc()
         # After its line: a span ends once its records are written.
         exchange.end_ns = time.time_ns()
         span.end(end_time=exchange.end_ns)
@@ -267,18 +313,21 @@ class TelemetryMiddleware:
         # `GET /items/{item_id} 404 in 1.2 ms account_id=acct-42`: readable on the console; the
         # JSON line and the Logfire log carry the same facts as fields.
         scope = exchange.scope
-        line = (scope["method"], route or scope["path"], exchange.status, exchange.duration * 1000)
+        verb = scope["method"] if not exchange.websocket else WEBSOCKET
+        result: str | int = exchange.status
+        if exchange.websocket:
+            result = "failed" if failed_as else "closed" if exchange.accepted else "rejected"
+        line = (verb, route or scope["path"], result, exchange.duration * 1000)
         ids = "".join(f" {name}={value}" for name, value in exchange.tenant.items())
-        fields: dict[str, object] = {
-            "http.route": route,
-            "http.response.status_code": exchange.status,
-        }
+        fields: dict[str, object] = {"http.route": route}
+        if not exchange.websocket:
+            fields["http.response.status_code"] = exchange.status
         if failed_as is not None:
             fields["error.type"] = failed_as
             error = exchange.error
-            logger.error("%s %s %d in %.1f ms%s", *line, ids, exc_info=error, extra=fields)
+            logger.error("%s %s %s in %.1f ms%s", *line, ids, exc_info=error, extra=fields)
         else:
-            logger.info("%s %s %d in %.1f ms%s", *line, ids, extra=fields)
+            logger.info("%s %s %s in %.1f ms%s", *line, ids, extra=fields)
 
     def _after_response(self, span: trace.Span, request: Exchange, trace_id: str) -> None:
         """Background work: its failure is logged; it gets a span when it failed or took time."""
