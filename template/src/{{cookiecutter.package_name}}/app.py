@@ -111,7 +111,8 @@ def create_app(
 {%- endif %}
         version=__version__,
         lifespan=lifespan,
-        # TelemetryMiddleware is the one telemetry layer; FastAPI's own would duplicate its spans.
+        # TelemetryMiddleware is the one telemetry layer: FastAPI's own would duplicate its spans
+        # and error logs (telemetry/middleware.py says why it is not the other way round).
         telemetry={"tracing": False, "metrics": False, "logs": False},
         # The 500 of an unhandled exception names its trace (X-Trace-Id), as every response does.
         exception_handlers={Exception: internal_server_error},
