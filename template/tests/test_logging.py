@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -250,3 +251,29 @@ def test_a_failure_is_logged_once_the_servers_copy_is_dropped(
     assert "RuntimeError: boom" in errors[0]["exc_info"]
     assert len(errors[0]["trace_id"]) == 32
     assert {k: errors[0][k] for k in TENANT_ATTRIBUTES} == TENANT_ATTRIBUTES
+
+
+def test_the_servers_copy_is_dropped_under_gunicorn_too(capsys: pytest.CaptureFixture[str]) -> None:
+    app = create_app(make_settings(environment="production"))
+
+    def crash() -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/crash", crash)
+    with TestClient(app) as client, pytest.raises(RuntimeError) as raised:
+        client.get("/crash")
+    # gunicorn's uvicorn worker gives uvicorn's logger gunicorn's own handlers, not the root's.
+    server = logging.getLogger("uvicorn.error")
+    gunicorn_stderr = io.StringIO()
+    handler = logging.StreamHandler(gunicorn_stderr)
+    server.addHandler(handler)
+    server.propagate = False
+    try:
+        server.error("Exception in ASGI application\n", exc_info=raised.value)
+    finally:
+        server.removeHandler(handler)
+        server.propagate = True
+
+    assert gunicorn_stderr.getvalue() == ""
+    errors = [e for e in json_lines(stdout(capsys)) if e["level"] == "error"]
+    assert len(errors) == 1
