@@ -79,3 +79,26 @@ def test_the_printed_table_has_a_row_per_route_and_mode_and_the_comparisons(
     for route in ROUTES:
         for name in COMPARISONS:
             assert f"{route} {name}: " in printed
+
+
+def test_the_native_telemetry_comparison_runs_and_reports_every_variant(tmp_path: Any) -> None:
+    """benchmarks/native_telemetry.py, one tiny round in-process: the command behind item 10's numbers."""
+    output = tmp_path / "native.json"
+    options = ("--rates", "0.1", "--rounds", "1", "--requests", "20", "--output", str(output))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/native_telemetry.py", *options],
+        cwd=REPO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
+    variants = ("bare", "native-span", "native-operations", "native-all", "service")
+    result = json.loads(output.read_text())["rates"]["0.1"]
+    assert list(result) == list(variants)
+    assert all(row["cpu_us_per_request"] > 0 for row in result.values())
+    rows = [line.split("|")[1].strip() for line in completed.stdout.splitlines() if line.startswith("| ")]
+    assert rows == ["variant", *variants]

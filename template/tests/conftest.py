@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind
 {%- if cookiecutter.with_sqlalchemy %}
 from sqlalchemy.ext.asyncio import create_async_engine
 {%- endif %}
+from prometheus_client import REGISTRY
 
 from {{ cookiecutter.package_name }}.app import create_app
 {%- if cookiecutter.with_sqlalchemy %}
@@ -114,6 +115,26 @@ def scrape(client: TestClient, accept: str = "") -> Scrape:
     response = client.get("/metrics", headers=headers, follow_redirects=False)
 {%- endif %}
     return Scrape(response.status_code, response.headers["content-type"], response.text)
+
+
+def requests_with_status(method: str, route: str, status: int) -> float:
+    """How many requests the duration histogram counted for a method, route and status."""
+    labels = {
+        "http_request_method": method,
+        "http_route": route,
+        "http_response_status_code": str(status),
+    }
+    return REGISTRY.get_sample_value("http_server_request_duration_seconds_count", labels) or 0.0
+
+
+def outcomes() -> dict[str, float]:
+    """tenant_requests_total by outcome, whatever the account label."""
+    totals = dict.fromkeys(("success", "error", "client_closed"), 0.0)
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == "tenant_requests_total":
+                totals[sample.labels["outcome"]] += sample.value
+    return totals
 
 
 {% if cookiecutter.with_sqlalchemy -%}

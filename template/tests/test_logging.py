@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -223,3 +224,56 @@ def test_library_warnings_are_json_lines_too(capsys: pytest.CaptureFixture[str])
     assert len(lines) == len(captured.out.splitlines())
     assert any("DeprecationWarning: old API" in e["message"] for e in lines)
     assert any(e["message"] == "Failed to export batch" for e in lines)
+
+
+def test_a_failure_is_logged_once_the_servers_copy_is_dropped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    app = create_app(make_settings(run_mode="production"))
+
+    def crash() -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/crash", crash)
+    with TestClient(app) as client, pytest.raises(RuntimeError) as raised:
+        client.get("/crash", headers=TENANT_HEADERS)
+    # What uvicorn does with an exception that leaves the app, outside any span.
+    server = logging.getLogger("uvicorn.error")
+    server.error("Exception in ASGI application\n", exc_info=raised.value)
+    # An exception no request accounted for is still the server's to log.
+    server.error("Exception in ASGI lifespan", exc_info=ValueError("not from a request"))
+
+    errors = [e for e in json_lines(stdout(capsys)) if e["level"] == "error"]
+    assert [e["message"].split(" in ")[0] for e in errors] == [
+        "GET /crash 500",
+        "Exception",
+    ]
+    assert "RuntimeError: boom" in errors[0]["exc_info"]
+    assert len(errors[0]["trace_id"]) == 32
+    assert {k: errors[0][k] for k in TENANT_ATTRIBUTES} == TENANT_ATTRIBUTES
+
+
+def test_the_servers_copy_is_dropped_under_gunicorn_too(capsys: pytest.CaptureFixture[str]) -> None:
+    app = create_app(make_settings(run_mode="production"))
+
+    def crash() -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/crash", crash)
+    with TestClient(app) as client, pytest.raises(RuntimeError) as raised:
+        client.get("/crash")
+    # gunicorn's uvicorn worker gives uvicorn's logger gunicorn's own handlers, not the root's.
+    server = logging.getLogger("uvicorn.error")
+    gunicorn_stderr = io.StringIO()
+    handler = logging.StreamHandler(gunicorn_stderr)
+    server.addHandler(handler)
+    server.propagate = False
+    try:
+        server.error("Exception in ASGI application\n", exc_info=raised.value)
+    finally:
+        server.removeHandler(handler)
+        server.propagate = True
+
+    assert gunicorn_stderr.getvalue() == ""
+    errors = [e for e in json_lines(stdout(capsys)) if e["level"] == "error"]
+    assert len(errors) == 1

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import logfire
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import BackgroundTasks, FastAPI, HTTPException, WebSocket
 from fastapi.testclient import TestClient
 from logfire.testing import CaptureLogfire
 from opentelemetry import propagate
@@ -81,6 +81,26 @@ def app_for(capfire: CaptureLogfire, rate: float, **settings: object) -> FastAPI
             logger.info("probe.in_child")
         return {}
 
+    def report() -> None:
+        logger.info("probe.reporting")
+        raise RuntimeError("report failed")
+
+    async def later_failing(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(report)
+        return {}
+
+    async def later_slow(tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(asyncio.sleep, SLOW_SECONDS * 1.2)
+        return {}
+
+    async def socket_crash(websocket: WebSocket) -> None:
+        await websocket.accept()
+        logger.info("probe.socket_open")
+        raise RuntimeError("socket failed")
+
+    app.add_api_route("/later-failing", later_failing)
+    app.add_api_route("/later-slow", later_slow)
+    app.add_api_websocket_route("/socket-crash", socket_crash)
     app.add_api_route("/unavailable", unavailable)
     app.add_api_route("/crash", crash)
     app.add_api_route("/logs-an-error", logs_an_error)
@@ -182,6 +202,49 @@ def test_an_exception_is_recorded_on_the_late_span(
     assert event.attributes is not None
     assert event.attributes["exception.type"] == "RuntimeError"
     assert span.status.status_code.name == "ERROR"
+
+
+def test_failing_background_work_keeps_its_request_which_still_answered_200(
+    client_at_zero: TestClient, capfire: CaptureLogfire
+) -> None:
+    trace_id = random_trace_id()
+    response = client_at_zero.get("/later-failing", headers=traceparent(trace_id, sampled=False))
+
+    assert response.status_code == 200
+    span = only_server_span(capfire)
+    assert span.context.trace_id == trace_id
+    assert span.attributes is not None
+    assert span.attributes[KEPT_BECAUSE] == "error"
+    assert span.attributes["http.response.status_code"] == 200
+    assert span.status.status_code.name == "UNSET"
+    [background] = [s for s in children_of(capfire, span) if s.name == "request.background"]
+    assert background.status.status_code.name == "ERROR"
+    [record] = logs_named(capfire, "probe.reporting")
+    assert record in children_of(capfire, span)
+    [failure] = [s for s in children_of(capfire, span) if "background work failed" in s.name]
+    assert (failure.attributes or {})["logfire.level_num"] == 17  # error
+
+
+def test_slow_background_work_does_not_make_its_request_slow(
+    client_at_zero: TestClient, capfire: CaptureLogfire
+) -> None:
+    client_at_zero.get("/later-slow")
+
+    assert server_spans(capfire) == []
+
+
+def test_a_failing_websocket_connection_is_kept(
+    client_at_zero: TestClient, capfire: CaptureLogfire
+) -> None:
+    with pytest.raises(RuntimeError), client_at_zero.websocket_connect("/socket-crash") as socket:
+        socket.receive_text()
+
+    span = only_server_span(capfire)
+    assert span.name == "WS /socket-crash"
+    assert span.attributes is not None
+    assert span.attributes[KEPT_BECAUSE] == "error"
+    [record] = logs_named(capfire, "probe.socket_open")
+    assert record in children_of(capfire, span)
 
 
 def test_slow_requests_are_exported_with_their_real_duration(
@@ -301,6 +364,24 @@ def test_json_lines_exemplar_and_span_name_the_same_trace(
     assert line["trace_id"] == trace_id
     assert line["span_id"] == format(span.context.span_id, "016x")
     assert exemplars == {trace_id}
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("path", ["/items/1", "/unavailable"])
+def test_the_trace_id_header_names_the_trace_of_the_lines_and_the_late_span(
+    capfire: CaptureLogfire, capsys: pytest.CaptureFixture[str], path: str
+) -> None:
+    app = app_for(capfire, 0.0, run_mode="production")
+    with TestClient(app) as client:
+        response = client.get(path, headers=traceparent(random_trace_id(), sampled=True))
+
+    header = response.headers["X-Trace-Id"]
+    lines = json_lines(capsys.readouterr().out)
+    [line] = [e for e in lines if e["message"] in ("item.fetched", "probe.before_failing")]
+    assert line["trace_id"] == header
+    exported = {format(span.context.trace_id, "032x") for span in server_spans(capfire)}
+    # An ordinary request at rate 0 is not exported; a failed one is, under the id it named.
+    assert exported == ({header} if response.status_code >= 500 else set())
 
 
 def test_exemplars_name_only_exported_traces(capfire: CaptureLogfire) -> None:

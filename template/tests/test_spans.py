@@ -37,6 +37,27 @@ def test_one_server_span_named_by_route_template(
     assert span.status.status_code is StatusCode.UNSET
 
 
+def test_the_response_names_its_trace(client: TestClient, capfire: CaptureLogfire) -> None:
+    response = client.get("/items/1")
+
+    [span] = server_spans(capfire)
+    assert response.headers["X-Trace-Id"] == format(span.context.trace_id, "032x")
+
+
+def test_a_crash_response_names_its_trace(app: FastAPI, capfire: CaptureLogfire) -> None:
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+
+    # Starlette's own 500 (the exception escaped every handler), with the trace id.
+    assert (response.status_code, response.text) == (500, "Internal Server Error")
+    [span] = [s for s in server_spans(capfire) if s.name == "GET /boom"]
+    assert response.headers["X-Trace-Id"] == format(span.context.trace_id, "032x")
+
+
 def test_resource_names_the_service(client: TestClient, capfire: CaptureLogfire) -> None:
     client.get("/items/1")
 

@@ -29,6 +29,7 @@ from .redis_client import create_redis_client, ping
 {%- endif %}
 from .settings import Settings
 from .telemetry import configure_telemetry
+from .telemetry.failures import internal_server_error
 from .telemetry.metrics import {% if cookiecutter.metrics_separate_port %}multiprocess_dir{% else %}metrics_endpoint{% endif %}
 from .telemetry.middleware import TelemetryMiddleware
 from .telemetry.openapi import document_tenant_headers
@@ -132,8 +133,11 @@ def create_app(
 {%- endif %}
         version=__version__,
         lifespan=lifespan,
-        # TelemetryMiddleware is the one telemetry layer; FastAPI's own would duplicate its spans.
+        # TelemetryMiddleware is the one telemetry layer: FastAPI's own would duplicate its spans
+        # and error logs (telemetry/middleware.py says why it is not the other way round).
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # The 500 of an unhandled exception names its trace (X-Trace-Id), as every response does.
+        exception_handlers={Exception: internal_server_error},
     )
     app.state.settings = settings
     app.state.ready = False

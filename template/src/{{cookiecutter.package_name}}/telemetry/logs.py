@@ -8,6 +8,9 @@ One way out for every record: {% if cookiecutter.with_loguru %}loguru forwards t
 - in production, a stdout handler writing one JSON object per line for EVERY record at or above
   LOG_LEVEL, whether its trace is exported or not, with trace_id, span_id and the tenant ids.
   Its fields are scrubbed by Logfire's own scrubber, so stdout and spans redact the same things.
+An exception the middleware already reported for its request is not logged again (failures.py):
+the server's own "Exception in ASGI application" copy is dropped, by both handlers and by uvicorn's
+logger itself (gunicorn's uvicorn worker gives that logger gunicorn's handlers).
 Python warnings are captured into logging too, so they come out the same way.
 """
 
@@ -30,6 +33,7 @@ from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
+from .failures import DropReported
 from .logfire_config import BAGGAGE_CONFLICT_PREFIX
 from .sampling import at_time
 from .tenant import current_tenant
@@ -41,6 +45,8 @@ _OWNED = "_service_telemetry_handler"
 _UNSCRUBBED = frozenset({"timestamp", "level", "logger", "message", "exc_info", "stack_info"})
 # uvicorn adds `color_message`, its message with terminal colour codes: never a field of a line.
 _LEFT_OUT = (*RESERVED_ATTRS, "color_message")
+# One instance, so that configuring again adds no second copy to uvicorn's logger.
+_DROP_REPORTED = DropReported()
 # Records a request holds at most (the latest are kept: they are the ones nearest a failure).
 MAX_HELD_RECORDS = 100
 
@@ -160,7 +166,9 @@ def configure_logging(log_level: str, *, json_lines: bool) -> None:
         handlers.append(to_stdout)
     for handler in handlers:
         setattr(handler, _OWNED, True)
+        handler.addFilter(_DROP_REPORTED)
         root.addHandler(handler)
+    logging.getLogger("uvicorn.error").addFilter(_DROP_REPORTED)
     # Library warnings (deprecations, an exporter's complaints) as records, not text on stderr.
     logging.captureWarnings(capture=True)
 {%- if cookiecutter.with_loguru %}

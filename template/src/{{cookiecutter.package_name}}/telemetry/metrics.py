@@ -65,6 +65,17 @@ TENANT_REQUESTS = Counter(
     f"`{OTHER_ACCOUNT}`, none as `{NO_ACCOUNT}`.",
     ["account_id", "outcome"],
 )
+# WebSocket connections last minutes, not milliseconds: counted apart from the request duration.
+WEBSOCKET_CONNECTIONS = Counter(
+    "websocket_server_connections",
+    "WebSocket connections by route and how they ended: closed, rejected (never accepted), error.",
+    ["http_route", "outcome"],
+)
+ACTIVE_WEBSOCKETS = Gauge(
+    "websocket_server_active_connections",
+    "Number of open WebSocket connections.",
+    multiprocess_mode="livesum",
+)
 HEADER_REJECTIONS = Counter(
     "tenant_header_rejections",
     "Tenant header values dropped because of invalid characters or length.",
