@@ -62,6 +62,7 @@ from .metrics import (
     UNMATCHED_ROUTE,
     WEBSOCKET_CONNECTIONS,
     AccountLabels,
+    labelled,
 )
 from .sampling import KEPT_BECAUSE, recorded_as
 
@@ -131,7 +132,7 @@ class TelemetryMiddleware:
             ):
                 trace_id = format_trace_id(span.get_span_context().trace_id)
                 trace_id_header = (_TRACE_ID_HEADER, trace_id.encode("ascii"))
-                active = ACTIVE_REQUESTS.labels(method)
+                active = labelled(ACTIVE_REQUESTS, method)
                 active.inc()
 
                 def finish() -> None:
@@ -300,20 +301,20 @@ class TelemetryMiddleware:
         )
         if exchange.websocket:
             outcome = "error" if failed_as else "closed" if exchange.accepted else "rejected"
-            WEBSOCKET_CONNECTIONS.labels(route or UNMATCHED_ROUTE, outcome).inc()
+            labelled(WEBSOCKET_CONNECTIONS, route or UNMATCHED_ROUTE, outcome).inc()
         else:
             exported = self.policy.exports(
                 recorded=exchange.recorded, kept_because=exchange.kept_because
             )
             labels = (exchange.method, route or UNMATCHED_ROUTE, str(exchange.status))
-            REQUEST_DURATION.labels(*labels).observe(
+            labelled(REQUEST_DURATION, *labels).observe(
                 exchange.duration, exemplar={"trace_id": trace_id} if exported else None
             )
             outcome = (
                 "error" if failed_as else "client_closed" if exchange.client_gone else "success"
             )
             account = self.accounts.label(exchange.tenant.get("account_id"))
-            TENANT_REQUESTS.labels(account, outcome).inc()
+            labelled(TENANT_REQUESTS, account, outcome).inc()
         # After its line: a span ends once its records are written.
         exchange.end_ns = time.time_ns()
         span.end(end_time=exchange.end_ns)
