@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Iterable
-from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     REGISTRY,
@@ -34,22 +33,6 @@ from .tenant import TENANT_ATTRIBUTES
 
 # `_created` series double the series count and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
-
-_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
-# Every labelled child used so far: the label values here are bounded (methods, route templates,
-# statuses, listed accounts), and prometheus_client keeps each child for good anyway.
-_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-
-
-def labelled(metric: _Metric, *values: str) -> _Metric:
-    """`metric.labels(*values)`, looked up once: labels() validates and locks on every call, a
-    measurable share of a request's cost."""
-    key = (metric, values)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*values)
-    return cast(_Metric, child)
-
 
 # Same buckets as OTel's http.server.request.duration advice, plus 7.5 and 10 s.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

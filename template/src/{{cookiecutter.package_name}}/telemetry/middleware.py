@@ -62,7 +62,6 @@ from .metrics import (
     UNMATCHED_ROUTE,
     WEBSOCKET_CONNECTIONS,
     AccountLabels,
-    labelled,
 )
 from .sampling import KEPT_BECAUSE, recorded_as
 
@@ -132,7 +131,7 @@ class TelemetryMiddleware:
             ):
                 trace_id = format_trace_id(span.get_span_context().trace_id)
                 trace_id_header = (_TRACE_ID_HEADER, trace_id.encode("ascii"))
-                active = labelled(ACTIVE_REQUESTS, method)
+                active = ACTIVE_REQUESTS.labels(method)
                 active.inc()
 
                 def finish() -> None:
@@ -301,20 +300,20 @@ class TelemetryMiddleware:
         )
         if exchange.websocket:
             outcome = "error" if failed_as else "closed" if exchange.accepted else "rejected"
-            labelled(WEBSOCKET_CONNECTIONS, route or UNMATCHED_ROUTE, outcome).inc()
+            WEBSOCKET_CONNECTIONS.labels(route or UNMATCHED_ROUTE, outcome).inc()
         else:
             exported = self.policy.exports(
                 recorded=exchange.recorded, kept_because=exchange.kept_because
             )
             labels = (exchange.method, route or UNMATCHED_ROUTE, str(exchange.status))
-            labelled(REQUEST_DURATION, *labels).observe(
+            REQUEST_DURATION.labels(*labels).observe(
                 exchange.duration, exemplar={"trace_id": trace_id} if exported else None
             )
             outcome = (
                 "error" if failed_as else "client_closed" if exchange.client_gone else "success"
             )
             account = self.accounts.label(exchange.tenant.get("account_id"))
-            labelled(TENANT_REQUESTS, account, outcome).inc()
+            TENANT_REQUESTS.labels(account, outcome).inc()
         # After its line: a span ends once its records are written.
         exchange.end_ns = time.time_ns()
         span.end(end_time=exchange.end_ns)
