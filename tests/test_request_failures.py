@@ -76,7 +76,9 @@ def requests_counted(metrics: Metrics, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def run(
-    project_env: Callable[[str, str], ProjectEnv], tmp_path_factory: pytest.TempPathFactory
+    project_env: Callable[[str, str], ProjectEnv],
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
 ) -> FailureRun:
     project = project_env("copier", "all_features")
     database = tmp_path_factory.mktemp("failures") / "notes.db"
@@ -89,7 +91,10 @@ def run(
             LOGFIRE_TRACE_SAMPLE_RATE="0.0",
             DATABASE_URL=f"sqlite+aiosqlite:///{database}",
             METRICS_PORT=str(metrics_port),
+            REDIS_URL=redis_url,  # all_features is ready with its Redis
         )
+        # Nothing creates tables at startup: the schema is the migration step's job.
+        project.run(str(project.console_script), "migrate", env=env)
         with ServiceProcess([str(project.console_script)], cwd=project.root, env=env, port=port) as service:
             service.wait_ready()
             created = httpx.post(service.url + "/notes", json={"text": "kept"}, timeout=10)

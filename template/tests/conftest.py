@@ -33,10 +33,10 @@ from loguru import logger as loguru_logger
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
 {%- if cookiecutter.with_sqlalchemy %}
 from sqlalchemy.ext.asyncio import create_async_engine
 {%- endif %}
-from prometheus_client import REGISTRY
 
 from {{ cookiecutter.package_name }}.app import create_app
 {%- if cookiecutter.with_sqlalchemy %}
