@@ -69,6 +69,7 @@ class Exchange:
     # The request is over (`duration`, `end_ns`): what the ASGI call does after is background.
     over: bool = False
     recorded: bool = False  # whether its SERVER span was recorded (sampling.py)
+    route: str | None = None  # the route's template, once the router has run (`over`)
     duration: float = 0.0
     end_ns: int = 0
     client_gone: bool = False
@@ -91,7 +92,7 @@ class Exchange:
             return None if self.error is None else type(self.error).__qualname__
         return error_type(self.status, self.error)
 
-    def attributes(self, route: str | None) -> dict[str, AttributeValue]:
+    def attributes(self) -> dict[str, AttributeValue]:
         """The SERVER span's semantic-convention attributes."""
         scope = self.scope
         attributes: dict[str, AttributeValue] = {
@@ -106,8 +107,8 @@ class Exchange:
             attributes["network.protocol.version"] = scope["http_version"]
             if self.method == OTHER_METHOD:
                 attributes["http.request.method_original"] = scope["method"]
-        if route:
-            attributes["http.route"] = route
+        if self.route:
+            attributes["http.route"] = self.route
         failed_as = self.failed_as()
         if failed_as is not None:
             attributes["error.type"] = failed_as

@@ -84,6 +84,15 @@ BACKGROUND_SPAN = "request.background"
 _TRACE_ID_HEADER = TRACE_ID_HEADER.lower().encode("ascii")
 
 
+def mark_failure(span: trace.Span, exchange: Exchange) -> None:
+    """A failed request's SERVER span: ERROR status and, if it raised, the exception."""
+    if exchange.failed_as() is None:
+        return
+    span.set_status(StatusCode.ERROR)
+    if exchange.error is not None:
+        span.record_exception(exchange.error)
+
+
 class TelemetryMiddleware:
     def __init__(
         self,
@@ -275,15 +284,12 @@ class TelemetryMiddleware:
             exchange.client_gone = True
         if exchange.client_gone and not exchange.websocket:
             exchange.status = CLIENT_CLOSED_REQUEST
-        route = route_template(exchange.scope)
+        exchange.route = route = route_template(exchange.scope)
         failed_as = exchange.failed_as()
         if exchange.recorded:  # else nothing would read them
             span.update_name(span_name(exchange.method, route))
-            span.set_attributes(exchange.attributes(route))
-            if failed_as is not None:
-                span.set_status(StatusCode.ERROR)
-                if exchange.error is not None:
-                    span.record_exception(exchange.error)
+            span.set_attributes(exchange.attributes())
+            mark_failure(span, exchange)
 
         if failed_as is not None or self.access_log:
             self._log_line(exchange, route, failed_as)
@@ -346,7 +352,7 @@ class TelemetryMiddleware:
             return
         request.background_end_ns = end_ns
         if error is not None:
-            route = route_template(request.scope)
+            route = request.route
             line = (request.scope["method"], route or request.scope["path"])
             ids = "".join(f" {name}={value}" for name, value in request.tenant.items())
             fields = {"http.route": route, "error.type": type(error).__qualname__}
@@ -358,11 +364,10 @@ class TelemetryMiddleware:
 
     def _record_background(self, server: Context, request: Exchange) -> None:
         """The `request.background` child span, from the response to the end of the ASGI call."""
-        route = route_template(request.scope)
         span = self.tracer.start_span(
             BACKGROUND_SPAN,
             context=server,
-            attributes={"http.route": route} if route else None,
+            attributes={"http.route": request.route} if request.route else None,
             start_time=request.end_ns,
         )
         error = request.background_error
@@ -378,20 +383,16 @@ class TelemetryMiddleware:
         """The SERVER span of a failed or slow request that was not recorded, after the fact."""
         if exchange.kept_because is None:
             return
-        route = route_template(exchange.scope)
-        attributes = {**exchange.attributes(route), KEPT_BECAUSE: exchange.kept_because}
+        attributes = {**exchange.attributes(), KEPT_BECAUSE: exchange.kept_because}
         with recorded_as(unrecorded.get_span_context()):
             span = self.tracer.start_span(
-                span_name(exchange.method, route),
+                span_name(exchange.method, exchange.route),
                 context=parent,
                 kind=SpanKind.SERVER,
                 attributes=attributes,
                 start_time=exchange.start_ns,
             )
-        if exchange.failed_as() is not None:
-            span.set_status(StatusCode.ERROR)
-            if exchange.error is not None:
-                span.record_exception(exchange.error)
+        mark_failure(span, exchange)
         with trace.use_span(span):
             held.send_to_logfire()
         span.end(end_time=exchange.end_ns)
