@@ -64,14 +64,14 @@ class Exchange:
     start_ns: int  # time.time_ns()
     status: int = 500
     error: BaseException | None = None
-    # The app has handed over the last of its response.
-    response_complete: bool = False
-    # The request is over (`duration`, `end_ns`): what the ASGI call does after is background.
+    # The app has handed over the last of its response (`duration`, `end_ns`): what the ASGI
+    # call does after is background work.
     over: bool = False
     recorded: bool = False  # whether its SERVER span was recorded (sampling.py)
     route: str | None = None  # the route's template, once the router has run (`over`)
     duration: float = 0.0
     end_ns: int = 0
+    sent_ns: int = 0  # when the server took the last chunk: background work starts there
     client_gone: bool = False
     accepted: bool = False  # a WebSocket connection the app accepted
     # Why its trace is exported whatever the sampling: "error", "slow" or None.
@@ -79,6 +79,10 @@ class Exchange:
     background_error: BaseException | None = None
     # Set when the background work gets a span: it failed, or took time.
     background_end_ns: int = 0
+
+    @property
+    def background_start_ns(self) -> int:
+        return self.sent_ns or self.end_ns
 
     @property
     def websocket(self) -> bool:

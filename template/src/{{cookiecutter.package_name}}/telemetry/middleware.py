@@ -153,16 +153,17 @@ class TelemetryMiddleware:
                         headers = [*message.get("headers", ()), trace_id_header]
                         message = {**message, "headers": headers}
                     elif message["type"] == "http.response.body" and not message.get("more_body"):
-                        # Before the send: a disconnect the server reports meanwhile is no loss.
-                        request.response_complete = True
-                        await send(message)
+                        # Before the last chunk goes out: a client holding its response finds it
+                        # in the metrics, the line and the span, and a disconnect is no loss.
                         finish()
+                        await send(message)
+                        request.sent_ns = time.time_ns()
                         return
                     await send(message)
 
                 async def receive_and_watch() -> Message:
                     message = await receive()
-                    if message["type"] == "http.disconnect" and not request.response_complete:
+                    if message["type"] == "http.disconnect" and not request.over:
                         request.client_gone = True
                     return message
 
@@ -348,7 +349,8 @@ class TelemetryMiddleware:
         """Background work: its failure is logged; it gets a span when it failed or took time."""
         error = request.background_error
         end_ns = time.time_ns()
-        if error is None and end_ns - request.end_ns < BACKGROUND_SPAN_MIN_SECONDS * 1e9:
+        took_ns = end_ns - request.background_start_ns
+        if error is None and took_ns < BACKGROUND_SPAN_MIN_SECONDS * 1e9:
             return
         request.background_end_ns = end_ns
         if error is not None:
@@ -368,7 +370,7 @@ class TelemetryMiddleware:
             BACKGROUND_SPAN,
             context=server,
             attributes={"http.route": request.route} if request.route else None,
-            start_time=request.end_ns,
+            start_time=request.background_start_ns,
         )
         error = request.background_error
         if error is not None:
