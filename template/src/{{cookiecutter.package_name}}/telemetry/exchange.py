@@ -62,6 +62,7 @@ class Exchange:
     tenant: dict[str, str]
     start: float  # time.perf_counter()
     start_ns: int  # time.time_ns()
+    trace_id: str = ""  # hex, once its SERVER span has started
     status: int = 500
     error: BaseException | None = None
     # The app has handed over the last of its response (`duration`, `end_ns`): what the ASGI

@@ -10,7 +10,8 @@ Per request, in this order:
   (`GET /items/{item_id}`), with the HTTP semantic-convention attributes. The response names the
   trace in `X-Trace-Id`, whether the trace is exported or not: every JSON line carries it;
 - the request is over when its response is sent: its duration, metrics, log line and span end
-  there. What the ASGI call does afterwards (Starlette's background tasks) is background work: a
+  as the last chunk is handed to the server, so a client holding its response finds the request
+  counted. What the ASGI call does afterwards (Starlette's background tasks) is background work: a
   `request.background` child span, and a failure there is an error line and span, never a 5xx;
 - a log line for every 5xx or exception (and for every request with ACCESS_LOG on), and the RED
   metrics, labelled by route template. A client that goes away before its response is sent is
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import logfire
@@ -66,7 +67,7 @@ from .metrics import (
 from .sampling import KEPT_BECAUSE, recorded_as
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from opentelemetry.context import Context
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -82,6 +83,12 @@ REJECTION_LOG_INTERVAL_SECONDS = 60.0
 BACKGROUND_SPAN_MIN_SECONDS = 0.001
 BACKGROUND_SPAN = "request.background"
 _TRACE_ID_HEADER = TRACE_ID_HEADER.lower().encode("ascii")
+
+
+def with_trace_id_header(message: Message, trace_id: str) -> Message:
+    """A response start or WebSocket accept that names the trace in `X-Trace-Id`."""
+    headers = [*message.get("headers", ()), (_TRACE_ID_HEADER, trace_id.encode("ascii"))]
+    return {**message, "headers": headers}
 
 
 def mark_failure(span: trace.Span, exchange: Exchange) -> None:
@@ -129,90 +136,90 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send)
 
     async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
-        tenant, carrier, scope = self._read_headers(scope)
         method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
-        with logfire.set_baggage(**tenant):
-            parent = self._parent(carrier)
-            request = Exchange(scope, method, tenant, time.perf_counter(), time.time_ns())
-            with (
-                self._start_span(request, parent) as span,
-                self._held_records(span) as held,
-            ):
-                trace_id = format_trace_id(span.get_span_context().trace_id)
-                trace_id_header = (_TRACE_ID_HEADER, trace_id.encode("ascii"))
-                active = ACTIVE_REQUESTS.labels(method)
-                active.inc()
+        with self._exchange(scope, method) as (request, span, held):
+            active = ACTIVE_REQUESTS.labels(method)
+            active.inc()
 
-                def finish() -> None:
-                    self._finish(span, request, held, trace_id)
-                    active.dec()
+            def finish() -> None:
+                self._finish(span, request, held)
+                active.dec()
 
-                async def send_and_finish(message: Message) -> None:
-                    if message["type"] == "http.response.start":
-                        request.status = message["status"]
-                        headers = [*message.get("headers", ()), trace_id_header]
-                        message = {**message, "headers": headers}
-                    elif message["type"] == "http.response.body" and not message.get("more_body"):
-                        # Before the last chunk goes out: a client holding its response finds it
-                        # in the metrics, the line and the span, and a disconnect is no loss.
-                        finish()
-                        await send(message)
-                        request.sent_ns = time.time_ns()
-                        return
+            async def send_and_finish(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    request.status = message["status"]
+                    message = with_trace_id_header(message, request.trace_id)
+                elif message["type"] == "http.response.body" and not message.get("more_body"):
+                    # Before the last chunk goes out: a client holding its response finds it in
+                    # the metrics, the line and the span, and a disconnect is no loss.
+                    finish()
                     await send(message)
+                    request.sent_ns = time.time_ns()
+                    return
+                await send(message)
 
-                async def receive_and_watch() -> Message:
-                    message = await receive()
-                    if message["type"] == "http.disconnect" and not request.over:
-                        request.client_gone = True
-                    return message
+            async def receive_and_watch() -> Message:
+                message = await receive()
+                if message["type"] == "http.disconnect" and not request.over:
+                    request.client_gone = True
+                return message
 
-                try:
-                    await self.app(scope, receive_and_watch, send_and_finish)
-                except BaseException as exc:
-                    if request.over:
-                        request.background_error = exc
-                    else:
-                        request.error = exc
-                    raise
-                finally:
-                    if not request.over:  # it raised, or returned without a whole response
-                        finish()
-                    self._after_response(span, request, trace_id)
-                    if held is not None:
-                        self._record_late(span, parent, request, held)
+            try:
+                await self.app(request.scope, receive_and_watch, send_and_finish)
+            except BaseException as exc:
+                if request.over:
+                    request.background_error = exc
+                else:
+                    request.error = exc
+                raise
+            finally:
+                if not request.over:  # it raised, or returned without a whole response
+                    finish()
+                self._after_response(span, request)
 
     async def _connection(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket connection: one SERVER span from the handshake to the close."""
+        with self._exchange(scope, WEBSOCKET) as (connection, span, held):
+            ACTIVE_WEBSOCKETS.inc()
+
+            async def send_and_watch(message: Message) -> None:
+                if message["type"] == "websocket.accept":
+                    connection.accepted = True
+                    message = with_trace_id_header(message, connection.trace_id)
+                await send(message)
+
+            try:
+                await self.app(connection.scope, receive, send_and_watch)
+            except BaseException as exc:
+                connection.error = exc
+                raise
+            finally:
+                ACTIVE_WEBSOCKETS.dec()
+                self._finish(span, connection, held)
+
+    @contextmanager
+    def _exchange(
+        self, scope: Scope, method: str
+    ) -> Iterator[tuple[Exchange, trace.Span, HeldRecords | None]]:
+        """The tenant baggage, the SERVER span and held records of one request or connection.
+
+        The caller ends the span (`_finish`); an unrecorded one that failed or was slow is then
+        recorded late, on the way out.
+        """
         tenant, carrier, scope = self._read_headers(scope)
         with logfire.set_baggage(**tenant):
             parent = self._parent(carrier)
-            connection = Exchange(scope, WEBSOCKET, tenant, time.perf_counter(), time.time_ns())
+            exchange = Exchange(scope, method, tenant, time.perf_counter(), time.time_ns())
             with (
-                self._start_span(connection, parent) as span,
+                self._start_span(exchange, parent) as span,
                 self._held_records(span) as held,
             ):
-                trace_id = format_trace_id(span.get_span_context().trace_id)
-                trace_id_header = (_TRACE_ID_HEADER, trace_id.encode("ascii"))
-                ACTIVE_WEBSOCKETS.inc()
-
-                async def send_and_watch(message: Message) -> None:
-                    if message["type"] == "websocket.accept":
-                        connection.accepted = True
-                        headers = [*message.get("headers", ()), trace_id_header]
-                        message = {**message, "headers": headers}
-                    await send(message)
-
+                exchange.trace_id = format_trace_id(span.get_span_context().trace_id)
                 try:
-                    await self.app(scope, receive, send_and_watch)
-                except BaseException as exc:
-                    connection.error = exc
-                    raise
+                    yield exchange, span, held
                 finally:
-                    ACTIVE_WEBSOCKETS.dec()
-                    self._finish(span, connection, held, trace_id)
                     if held is not None:
-                        self._record_late(span, parent, connection, held)
+                        self._record_late(span, parent, exchange, held)
 
     def _parent(self, carrier: dict[str, str]) -> Context:
         """The caller's trace context, with the request's baggage."""
@@ -274,9 +281,7 @@ class TelemetryMiddleware:
             scope = {**scope, "headers": headers}
         return tenant, carrier, scope
 
-    def _finish(
-        self, span: trace.Span, exchange: Exchange, held: HeldRecords | None, trace_id: str
-    ) -> None:
+    def _finish(self, span: trace.Span, exchange: Exchange, held: HeldRecords | None) -> None:
         """The request is over (its response is sent): its span, line and metrics."""
         exchange.over = True
         exchange.duration = time.perf_counter() - exchange.start
@@ -296,7 +301,7 @@ class TelemetryMiddleware:
             self._log_line(exchange, route, failed_as)
         if exchange.error is not None:
             # Logged above, or a client that went away: either way not for the server to log.
-            mark_reported(exchange.error, trace_id)
+            mark_reported(exchange.error, exchange.trace_id)
 
         exchange.kept_because = (
             "error"
@@ -314,7 +319,7 @@ class TelemetryMiddleware:
             )
             labels = (exchange.method, route or UNMATCHED_ROUTE, str(exchange.status))
             REQUEST_DURATION.labels(*labels).observe(
-                exchange.duration, exemplar={"trace_id": trace_id} if exported else None
+                exchange.duration, exemplar={"trace_id": exchange.trace_id} if exported else None
             )
             outcome = (
                 "error" if failed_as else "client_closed" if exchange.client_gone else "success"
@@ -345,7 +350,7 @@ class TelemetryMiddleware:
         else:
             logger.info("%s %s %s in %.1f ms%s", *line, ids, extra=fields)
 
-    def _after_response(self, span: trace.Span, request: Exchange, trace_id: str) -> None:
+    def _after_response(self, span: trace.Span, request: Exchange) -> None:
         """Background work: its failure is logged; it gets a span when it failed or took time."""
         error = request.background_error
         end_ns = time.time_ns()
@@ -359,7 +364,7 @@ class TelemetryMiddleware:
             ids = "".join(f" {name}={value}" for name, value in request.tenant.items())
             fields = {"http.route": route, "error.type": type(error).__qualname__}
             logger.error("%s %s background work failed%s", *line, ids, exc_info=error, extra=fields)
-            mark_reported(error, trace_id)
+            mark_reported(error, request.trace_id)
             request.kept_because = "error"
         if request.recorded:
             self._record_background(trace.set_span_in_context(span), request)
