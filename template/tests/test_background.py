@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY
+from starlette.types import Message, Scope
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging
@@ -101,6 +102,46 @@ def test_request_time_ends_when_the_response_is_sent(capfire: CaptureLogfire) ->
     [started_ns] = app.state.background_started_ns
     assert server.end_time is not None
     assert server.end_time <= started_ns, "the request span outlasted its response"
+
+
+async def test_the_request_is_counted_before_its_response_goes_out(
+    capfire: CaptureLogfire,
+) -> None:
+    # A client holding its response (a test, a probe, a caller reading /metrics next) finds the
+    # request in the metrics and its span ended: both are written before the last chunk is sent.
+    app = app_with_background_work(capfire)
+
+    async def now() -> dict[str, str]:
+        return {"status": "done"}
+
+    app.add_api_route("/now", now)
+    count, _ = request_metrics("/now")
+    seen_at_last_chunk: list[tuple[float, int]] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            seen_at_last_chunk.append((request_metrics("/now")[0], len(server_spans(capfire))))
+
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/now",
+        "raw_path": b"/now",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    await app(scope, receive, send)
+
+    assert seen_at_last_chunk == [(count + 1, 1)]
 
 
 def test_background_work_is_a_child_span_with_the_tenant_ids(capfire: CaptureLogfire) -> None:
