@@ -121,19 +121,20 @@ class JsonLines(JsonFormatter):
         super().add_fields(log_data, record, message_dict)
         log_data["level"] = record.levelname.lower()
         fields = {k: v for k, v in log_data.items() if k not in _UNSCRUBBED}
-        # The tenant ids as Logfire copies them onto the exported log: a field of the record's
-        # own with the same name and another value keeps its place, the id goes beside it.
-        for name, tenant_id in current_tenant().items():
-            if name not in fields:
-                fields[name] = tenant_id
-            elif fields[name] != tenant_id:
-                fields[BAGGAGE_CONFLICT_PREFIX + name] = tenant_id
         if fields:
             # The scrubber Logfire applies to a log's attributes, with the same patterns and the
             # same callback (the request's tenant ids kept): one policy for both ways out.
             scrubber = logfire.DEFAULT_LOGFIRE_INSTANCE.config.scrubber
             scrubbed, _ = scrubber.scrub_value(("attributes",), fields)
             log_data.update(scrubbed)
+        # The tenant ids as Logfire copies them onto the exported log: a field of the record's
+        # own with the same name and another value keeps its place, the id goes beside it. They
+        # are the ids the middleware validated, which the scrubber's callback keeps anyway.
+        for name, tenant_id in current_tenant().items():
+            if name not in log_data:
+                log_data[name] = tenant_id
+            elif log_data[name] != tenant_id:
+                log_data[BAGGAGE_CONFLICT_PREFIX + name] = tenant_id
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
             log_data["trace_id"] = format(span_context.trace_id, "032x")
