@@ -21,14 +21,10 @@ Per request, in this order:
 WebSocket connections get the same tenant context, a `WS /route` SERVER span for the whole
 connection, the same sampling, and their own metrics (`websocket_server_*`).
 
-FastAPI's own telemetry (`FastAPI(telemetry=...)`) is switched off in app.py and this layer kept
-instead. FastAPI's request span starts before any middleware can set the tenant baggage, it ends a
-disconnected or cancelled request as an error, it cannot hold an unrecorded request's records or
-record it late, and FastAPI logs each exception a second time through OpenTelemetry's log API.
-Nor would it save anything: in-process, per request over bare FastAPI at 10% / 100% of traces
-kept, its request span alone costs +63 / +131 us of CPU and its operation spans (which trace
-background tasks) +133 / +321 us, against +75 / +138 us for this whole layer, tenant ids and
-Prometheus metrics included (the template's benchmarks/native_telemetry.py).
+FastAPI's own telemetry (`FastAPI(telemetry=...)`) is switched off in app.py: its request span
+starts before any middleware can set the tenant baggage, ends a disconnect as an error, cannot
+hold an unrecorded request's records or record it late, and logs each exception a second time.
+Measured in-process, its request span alone costs about what this whole layer does.
 """
 
 from __future__ import annotations
