@@ -98,4 +98,4 @@ def test_change_the_schema_as_the_readme_says(
     assert columns == {"id", "text", "author"}
 
     after = migration_tests(TEST_DATABASE_URL=datastore_env["TEST_DATABASE_URL"])
-    assert "failed" not in after and "skipped" not in after and "6 passed" in after, after
+    assert "failed" not in after and "skipped" not in after and "7 passed" in after, after

@@ -7,11 +7,16 @@ command reads the same script location from pyproject.toml (`[tool.alembic]`).
 
 from __future__ import annotations
 
+import zlib
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
 
 SCRIPT_LOCATION = "{{ cookiecutter.package_name }}:migrations"
+# Pods that start together (a rollout, the autoscaler) all run `migrate`: on PostgreSQL they take
+# turns on this advisory lock (env.py), so the first migrates and the others find the schema new.
+MIGRATION_LOCK = zlib.crc32(b"{{ cookiecutter.package_name }} migrations")
 
 
 def alembic_config() -> Config:

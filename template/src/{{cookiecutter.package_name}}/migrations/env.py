@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy import Connection, pool
+from sqlalchemy import Connection, pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.db import Base
+from {{ cookiecutter.package_name }}.migrations import MIGRATION_LOCK
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
@@ -19,6 +20,10 @@ def run_migrations(connection: Connection) -> None:
     # (and as plain ALTERs on PostgreSQL): one migration serves both.
     context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Pods migrating at once take turns (MIGRATION_LOCK), held until this transaction
+            # ends; Alembic reads the current revision after it.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 
