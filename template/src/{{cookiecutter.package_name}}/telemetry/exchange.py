@@ -10,12 +10,14 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import StatusCode
 from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
 from .metrics import OTHER_METHOD
 
 if TYPE_CHECKING:
+    from opentelemetry import trace
     from opentelemetry.util.types import AttributeValue
     from starlette.types import Scope
 
@@ -88,6 +90,14 @@ class Exchange:
     @property
     def websocket(self) -> bool:
         return self.method == WEBSOCKET
+
+    def mark_failure(self, span: trace.Span) -> None:
+        """A failed request's SERVER span: ERROR status and, if it raised, the exception."""
+        if self.failed_as() is None:
+            return
+        span.set_status(StatusCode.ERROR)
+        if self.error is not None:
+            span.record_exception(self.error)
 
     def failed_as(self) -> str | None:
         """`error.type` when the server failed; None when it did not, or the client went away."""

@@ -16,7 +16,7 @@ from opentelemetry.propagate import set_global_textmap
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
-from .sampling import LateSpanIds, now_ns
+from .late import LateSpanIds, now_ns
 from .tenant import current_tenant
 
 if TYPE_CHECKING:

@@ -34,8 +34,8 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from .failures import DropReported
+from .late import at_time
 from .logfire_config import BAGGAGE_CONFLICT_PREFIX
-from .sampling import at_time
 from .tenant import current_tenant
 
 # Marks the handlers installed here, so that configuring again (tests) replaces them.

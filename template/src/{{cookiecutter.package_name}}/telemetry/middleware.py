@@ -17,7 +17,8 @@ Per request, in this order:
   metrics, labelled by route template. A client that goes away before its response is sent is
   499, no error. Probes and scrapes are left out of all of it;
 - a request whose trace is not recorded (sampling.py) holds its log records; if it failed or was
-  slow, its SERVER span is recorded once it is over, with the ids, times and records it had.
+  slow, its SERVER span is recorded once it is over, with the ids, times and records it had
+  (late.py).
 WebSocket connections get the same tenant context, a `WS /route` SERVER span for the whole
 connection, the same sampling, and their own metrics (`websocket_server_*`).
 
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import logfire
 from opentelemetry import context, propagate, trace
-from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
+from opentelemetry.trace import SpanKind, format_trace_id
 
 from .exchange import (
     CLIENT_CLOSED_REQUEST,
@@ -47,6 +48,7 @@ from .exchange import (
     span_name,
 )
 from .failures import TRACE_ID_HEADER, mark_reported
+from .late import record_background, record_late
 from .logs import HeldRecords, hold_records
 from .metrics import (
     ACTIVE_REQUESTS,
@@ -60,7 +62,6 @@ from .metrics import (
     WEBSOCKET_CONNECTIONS,
     AccountLabels,
 )
-from .sampling import KEPT_BECAUSE, recorded_as
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -77,7 +78,6 @@ REJECTION_LOG_INTERVAL_SECONDS = 60.0
 # The ASGI call returns microseconds after the response when there is no background work: work
 # after it that takes longer than this (or fails) gets its own span.
 BACKGROUND_SPAN_MIN_SECONDS = 0.001
-BACKGROUND_SPAN = "request.background"
 _TRACE_ID_HEADER = TRACE_ID_HEADER.lower().encode("ascii")
 
 
@@ -85,15 +85,6 @@ def with_trace_id_header(message: Message, trace_id: str) -> Message:
     """A response start or WebSocket accept that names the trace in `X-Trace-Id`."""
     headers = [*message.get("headers", ()), (_TRACE_ID_HEADER, trace_id.encode("ascii"))]
     return {**message, "headers": headers}
-
-
-def mark_failure(span: trace.Span, exchange: Exchange) -> None:
-    """A failed request's SERVER span: ERROR status and, if it raised, the exception."""
-    if exchange.failed_as() is None:
-        return
-    span.set_status(StatusCode.ERROR)
-    if exchange.error is not None:
-        span.record_exception(exchange.error)
 
 
 class TelemetryMiddleware:
@@ -215,7 +206,7 @@ class TelemetryMiddleware:
                     yield exchange, span, held
                 finally:
                     if held is not None:
-                        self._record_late(span, parent, exchange, held)
+                        record_late(self.tracer, span, parent, exchange, held)
 
     def _parent(self, carrier: dict[str, str]) -> Context:
         """The caller's trace context, with the request's baggage."""
@@ -291,7 +282,7 @@ class TelemetryMiddleware:
         if exchange.recorded:  # else nothing would read them
             span.update_name(span_name(exchange.method, route))
             span.set_attributes(exchange.attributes())
-            mark_failure(span, exchange)
+            exchange.mark_failure(span)
 
         if failed_as is not None or self.access_log:
             self._log_line(exchange, route, failed_as)
@@ -363,44 +354,7 @@ class TelemetryMiddleware:
             mark_reported(error, request.trace_id)
             request.kept_because = "error"
         if request.recorded:
-            self._record_background(trace.set_span_in_context(span), request)
-
-    def _record_background(self, server: Context, request: Exchange) -> None:
-        """The `request.background` child span, from the response to the end of the ASGI call."""
-        span = self.tracer.start_span(
-            BACKGROUND_SPAN,
-            context=server,
-            attributes={"http.route": request.route} if request.route else None,
-            start_time=request.background_start_ns,
-        )
-        error = request.background_error
-        if error is not None:
-            span.set_attribute("error.type", type(error).__qualname__)
-            span.set_status(StatusCode.ERROR)
-            span.record_exception(error)
-        span.end(end_time=request.background_end_ns)
-
-    def _record_late(
-        self, unrecorded: trace.Span, parent: Context, exchange: Exchange, held: HeldRecords
-    ) -> None:
-        """The SERVER span of a failed or slow request that was not recorded, after the fact."""
-        if exchange.kept_because is None:
-            return
-        attributes = {**exchange.attributes(), KEPT_BECAUSE: exchange.kept_because}
-        with recorded_as(unrecorded.get_span_context()):
-            span = self.tracer.start_span(
-                span_name(exchange.method, exchange.route),
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-                start_time=exchange.start_ns,
-            )
-        mark_failure(span, exchange)
-        with trace.use_span(span):
-            held.send_to_logfire()
-        span.end(end_time=exchange.end_ns)
-        if exchange.background_end_ns:
-            self._record_background(trace.set_span_in_context(span, parent), exchange)
+            record_background(self.tracer, trace.set_span_in_context(span), request)
 
     def _rejected(self, attribute: str) -> None:
         """Counts a dropped tenant header value, and says so at most once a minute per header."""

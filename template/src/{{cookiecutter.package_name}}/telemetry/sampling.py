@@ -8,7 +8,7 @@ TRACE_SAMPLING=service (the default) decides in each service, by one rule for th
 - A request that is not recorded costs next to nothing: its spans are OpenTelemetry's no-op spans
   and its std-logging records wait in a small buffer (logs.py) instead of going through Logfire.
 - When such a request answers 5xx, raises, logs an error or is slower than SLOW_REQUEST_SECONDS,
-  the middleware records its SERVER span after the fact: with the ids it had all along (so its
+  its SERVER span is recorded after the fact (late.py): with the ids it had all along (so its
   JSON lines, its exemplar and its callers point at it), its real start and end, its exception
   and its held records. What is lost: the child spans of that request.
 - Work outside requests (startup, background loops) is recorded and goes through Logfire's tail
@@ -21,16 +21,12 @@ TRACE_SAMPLING=collector records and exports every trace; an OpenTelemetry Colle
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import logfire
 from opentelemetry import trace
-from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     Decision,
@@ -52,10 +48,6 @@ if TYPE_CHECKING:
 
 # On a span recorded after the fact: why its trace is kept (`error` or `slow`).
 KEPT_BECAUSE = "sampling.kept_because"
-
-# The ids and the clock of a span recorded after the fact (see `recorded_as`, `at_time`).
-_next_span_ids: ContextVar[tuple[int, int] | None] = ContextVar("next_span_ids", default=None)
-_pinned_time_ns: ContextVar[int | None] = ContextVar("pinned_time_ns", default=None)
 
 
 class SameDecisionInEveryService(Sampler):
@@ -129,47 +121,3 @@ class TracePolicy:
             return 1.0  # a record outside any span: startup, shutdown
         # The same test as the head sampler's: a request recorded at the edge passes at once.
         return self.rate
-
-
-class LateSpanIds(IdGenerator):
-    """Logfire's own id generator, except for a span recorded after the fact (`recorded_as`)."""
-
-    def __init__(self) -> None:
-        self._random = logfire.AdvancedOptions().id_generator
-
-    def generate_span_id(self) -> int:
-        ids = _next_span_ids.get()
-        if ids is None:
-            return self._random.generate_span_id()
-        _next_span_ids.set(None)  # for this one span only
-        return ids[1]
-
-    def generate_trace_id(self) -> int:
-        ids = _next_span_ids.get()
-        return self._random.generate_trace_id() if ids is None else ids[0]
-
-
-def now_ns() -> int:
-    """Logfire's clock: the time, or the one `at_time` pins for a record emitted late."""
-    pinned = _pinned_time_ns.get()
-    return time.time_ns() if pinned is None else pinned
-
-
-@contextmanager
-def recorded_as(span_context: trace.SpanContext) -> Iterator[None]:
-    """The next span started here takes these trace and span ids (needs `LateSpanIds`)."""
-    token = _next_span_ids.set((span_context.trace_id, span_context.span_id))
-    try:
-        yield
-    finally:
-        _next_span_ids.reset(token)
-
-
-@contextmanager
-def at_time(time_ns: int) -> Iterator[None]:
-    """Spans and logs started here are stamped `time_ns` (needs `now_ns` as Logfire's clock)."""
-    token = _pinned_time_ns.set(time_ns)
-    try:
-        yield
-    finally:
-        _pinned_time_ns.reset(token)
