@@ -1,4 +1,20 @@
-"""Everything the service emits about itself: traces, logs and metrics (read README.md first)."""
+"""Everything the service emits about itself: traces, logs and metrics (README.md, "Telemetry").
+
+Read in this order:
+- `middleware.py`: the request path, one ASGI layer (tenant ids, SERVER span, metrics, log line);
+  `exchange.py` holds what one request did and how it is named;
+- `tenant.py`: which headers carry the tenant ids, which values and callers are accepted;
+- `sampling.py`: which traces are kept; `late.py`: recording a failed or slow request after the
+  fact when they were not;
+- `logs.py`: std logging{% if cookiecutter.with_loguru %} and loguru{% endif %} into Logfire, and JSON lines on stdout;
+- `failures.py`: one error line per exception, under the request's trace;
+- `metrics.py`: the Prometheus metrics and `/metrics`;
+- `logfire_config.py`: `logfire.configure()`: service, environment, export, scrubbing;
+{%- if cookiecutter.with_httpx or cookiecutter.with_sqlalchemy or cookiecutter.with_asyncpg or cookiecutter.with_redis or cookiecutter.with_pydantic_ai or cookiecutter.with_system_metrics %}
+- `instrumentations.py`: the libraries instrumented{% if cookiecutter.with_httpx %}; `outgoing.py`: tenant ids on outgoing calls{% endif %};
+{%- endif %}
+- `openapi.py`: the tenant headers in the OpenAPI schema.
+"""
 
 from __future__ import annotations
 
