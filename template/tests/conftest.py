@@ -13,7 +13,7 @@ import shutil
 {% if cookiecutter.metrics_separate_port -%}
 import socket
 {% endif -%}
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 {%- if cookiecutter.with_sqlalchemy %}
 from pathlib import Path
@@ -37,6 +37,7 @@ from prometheus_client import REGISTRY
 {%- if cookiecutter.with_sqlalchemy %}
 from sqlalchemy.ext.asyncio import create_async_engine
 {%- endif %}
+from starlette.types import Message, Scope
 
 from {{ cookiecutter.package_name }}.app import create_app
 {%- if cookiecutter.with_sqlalchemy %}
@@ -187,6 +188,29 @@ def app(capfire: CaptureLogfire, settings: Settings) -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:  # runs the lifespan
         yield test_client
+
+
+def http_scope(method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> Scope:
+    """A request's ASGI scope as the server hands it over, for tests that call the app directly."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+
+async def empty_body() -> Message:
+    """`receive` for a request without a body."""
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def finished_spans(capfire: CaptureLogfire) -> list[ReadableSpan]:

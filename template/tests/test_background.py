@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY
-from starlette.types import Message, Scope
+from starlette.types import Message
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging
@@ -29,7 +29,9 @@ from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging
 from conftest import (
     TENANT_ATTRIBUTES,
     TENANT_HEADERS,
+    empty_body,
     finished_spans,
+    http_scope,
     logs_named,
     make_settings,
     outcomes,
@@ -118,28 +120,11 @@ async def test_the_request_is_counted_before_its_response_goes_out(
     count, _ = request_metrics("/now")
     seen_at_last_chunk: list[tuple[float, int]] = []
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
     async def send(message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body"):
             seen_at_last_chunk.append((request_metrics("/now")[0], len(server_spans(capfire))))
 
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/now",
-        "raw_path": b"/now",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    await app(scope, receive, send)
+    await app(http_scope("GET", "/now"), empty_body, send)
 
     assert seen_at_last_chunk == [(count + 1, 1)]
 

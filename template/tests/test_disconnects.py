@@ -21,12 +21,18 @@ from logfire.testing import CaptureLogfire
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import StatusCode
 from pydantic import BaseModel
-from starlette.types import Message, Scope
+from starlette.types import Message
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.logs import configure_logging
 
-from conftest import make_settings, outcomes, requests_with_status, server_spans
+from conftest import (
+    http_scope,
+    make_settings,
+    outcomes,
+    requests_with_status,
+    server_spans,
+)
 
 
 class Note(BaseModel):
@@ -64,21 +70,8 @@ def app_that_reads(capfire: CaptureLogfire) -> FastAPI:
     return app
 
 
-def http_scope(method: str, path: str) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-length", b"100")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+# Each request announces a body it never sends: the app has something to wait for.
+UNSENT_BODY = [(b"content-length", b"100")]
 
 
 async def disconnected() -> Message:
@@ -110,7 +103,7 @@ async def test_a_client_gone_while_the_app_reads_the_body_is_499_not_an_error(
 
     # Starlette raises ClientDisconnect; the server would drop it (and its 500) for a gone client.
     with contextlib.suppress(Exception):
-        await app(http_scope("POST", "/upload"), disconnected, nowhere)
+        await app(http_scope("POST", "/upload", UNSENT_BODY), disconnected, nowhere)
 
     assert requests_with_status("POST", "/upload", 499) == before + 1
     assert requests_with_status("POST", "/upload", 500) == errors
@@ -134,7 +127,7 @@ async def test_a_client_gone_before_fastapi_read_the_body_is_499_not_400(
         sent.append(message)
 
     before = requests_with_status("POST", "/notes", 499)
-    await app(http_scope("POST", "/notes"), disconnected, record)
+    await app(http_scope("POST", "/notes", UNSENT_BODY), disconnected, record)
 
     assert sent[0]["status"] == 400
     assert requests_with_status("POST", "/notes", 499) == before + 1
@@ -159,7 +152,7 @@ async def test_a_cancelled_request_is_499_not_an_error(
     async def nowhere(message: Message) -> None:
         pass
 
-    request = asyncio.create_task(app(http_scope("GET", "/forever"), waiting, nowhere))
+    request = asyncio.create_task(app(http_scope("GET", "/forever", UNSENT_BODY), waiting, nowhere))
     await app.state.handler_started.wait()
     request.cancel()
     with pytest.raises(asyncio.CancelledError):

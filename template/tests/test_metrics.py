@@ -21,12 +21,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client import Counter
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from starlette.types import Message, Scope
+from starlette.types import Message
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.telemetry.metrics import OTHER_ACCOUNT, AccountLabels
 
-from conftest import make_settings, scrape, server_spans
+from conftest import empty_body, http_scope, make_settings, scrape, server_spans
 
 DURATION = "http_server_request_duration_seconds"
 
@@ -239,29 +239,12 @@ async def send_raw(app: FastAPI, requests: list[tuple[str, str]]) -> list[int]:
     for method, path in requests:
         status = 0
 
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
         async def send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
 
-        scope: Scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"testserver")],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
-        await app(scope, receive, send)
+        await app(http_scope(method, path), empty_body, send)
         statuses.append(status)
     return statuses
 
