@@ -72,7 +72,39 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeo
     raise RuntimeError(f"nothing listens on {port} after {timeout} s:\n{log.read_text()[-4000:]}")
 
 
-class PostgresServer:
+class _LocalServer:
+    """A server process on a loopback port, its output in `home/server.log`.
+
+    start() returns once the port accepts connections; stop() asks the server to stop and kills
+    it after 20 s. Both can be called again: a test takes the server down and brings it back.
+    """
+
+    def __init__(self, home: Path, port: int, command: list[str]) -> None:
+        self.port = port
+        self._command = command
+        self._log = home / "server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as out:
+            self._process = subprocess.Popen(self._command, stdout=out, stderr=subprocess.STDOUT)
+        _wait_for_port(self.port, self._process, self._log)
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._ask_to_stop(self._process)
+        try:
+            self._process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def _ask_to_stop(self, process: subprocess.Popen[bytes]) -> None:
+        process.terminate()
+
+
+class PostgresServer(_LocalServer):
     """One throwaway cluster that a test can take down and bring back on the same port.
 
     stop() is a fast shutdown (open sessions are ended, as when the database is restarted);
@@ -82,21 +114,15 @@ class PostgresServer:
     def __init__(self, home: Path, bin_dir: Path, as_user: list[str]) -> None:
         self.home = home
         self.data = home / "data"
-        self.port = free_port()
-        self.dsn = f"postgresql://service@127.0.0.1:{self.port}/postgres"
-        self._command = [
+        port = free_port()
+        self.dsn = f"postgresql://service@127.0.0.1:{port}/postgres"
+        command = [
             *as_user,
             str(bin_dir / "postgres"),
-            *("-D", str(self.data), "-p", str(self.port), "-k", str(home)),
+            *("-D", str(self.data), "-p", str(port), "-k", str(home)),
             *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
         ]
-        self._log = home / "server.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self._log.open("ab") as out:
-            self._process = subprocess.Popen(self._command, stdout=out, stderr=subprocess.STDOUT)
-        _wait_for_port(self.port, self._process, self._log)
+        super().__init__(home, port, command)
 
     def _postmaster_pid(self) -> int:
         # The server's own pid (as root, the Popen's is runuser's): first line of postmaster.pid.
@@ -111,16 +137,9 @@ class PostgresServer:
         ]
         return [postmaster, *children]
 
-    def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
+    def _ask_to_stop(self, process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             os.kill(self._postmaster_pid(), signal.SIGINT)  # fast shutdown
-        try:
-            self._process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
 
     def pause(self) -> None:
         for pid in self._server_pids():
@@ -175,33 +194,17 @@ def running_postgres() -> Iterator[str]:
         yield server.dsn
 
 
-class RedisServer:
+class RedisServer(_LocalServer):
     """A Redis server that saves nothing and that a test can stop and start again on its port."""
 
     def __init__(self, home: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._command = [
-            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(home)),
+        port = free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        command = [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home)),
             *("--save", "", "--appendonly", "no"),
         ]
-        self._log = home / "server.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self._log.open("ab") as out:
-            self._process = subprocess.Popen(self._command, stdout=out, stderr=subprocess.STDOUT)
-        _wait_for_port(self.port, self._process, self._log)
-
-    def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        super().__init__(home, port, command)
 
 
 @contextmanager
