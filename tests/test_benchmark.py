@@ -31,9 +31,15 @@ def benchmark(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     assert shutil.which("wrk"), "install wrk (Debian package wrk; .ci/run does)"
     output = tmp_path_factory.mktemp("benchmark") / "results.json"
     options = ("--rounds", "1", "--duration", "1", "--warmup", "0", "--connections", "8")
+    printed = run_script("benchmarks/run.py", *options, "--modes", ",".join(MODES), "--output", str(output))
+    return json.loads(output.read_text()), printed
+
+
+def run_script(script: str, *options: str) -> str:
+    """Run a benchmark script from the repository root as a user would; what it printed."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
     completed = subprocess.run(
-        [sys.executable, "benchmarks/run.py", *options, "--modes", ",".join(MODES), "--output", str(output)],
+        [sys.executable, script, *options],
         cwd=REPO_DIR,
         env=env,
         capture_output=True,
@@ -42,7 +48,7 @@ def benchmark(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
         check=False,
     )
     assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
-    return json.loads(output.read_text()), completed.stdout
+    return completed.stdout
 
 
 def test_every_mode_served_both_routes_without_errors(benchmark: tuple[dict[str, Any], str]) -> None:
@@ -85,20 +91,10 @@ def test_the_native_telemetry_comparison_runs_and_reports_every_variant(tmp_path
     """benchmarks/native_telemetry.py, one tiny round in-process: the command behind item 10's numbers."""
     output = tmp_path / "native.json"
     options = ("--rates", "0.1", "--rounds", "1", "--requests", "20", "--output", str(output))
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
-    completed = subprocess.run(
-        [sys.executable, "benchmarks/native_telemetry.py", *options],
-        cwd=REPO_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
+    printed = run_script("benchmarks/native_telemetry.py", *options)
     variants = ("bare", "native-span", "native-operations", "native-all", "service")
     result = json.loads(output.read_text())["rates"]["0.1"]
     assert list(result) == list(variants)
     assert all(row["cpu_us_per_request"] > 0 for row in result.values())
-    rows = [line.split("|")[1].strip() for line in completed.stdout.splitlines() if line.startswith("| ")]
+    rows = [line.split("|")[1].strip() for line in printed.splitlines() if line.startswith("| ")]
     assert rows == ["variant", *variants]
