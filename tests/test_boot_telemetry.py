@@ -21,7 +21,7 @@ from helpers import variants
 from helpers.otlp_receiver import OtlpReceiver, Span
 from helpers.process import ServiceProcess, Stopped, free_port, service_env
 from helpers.project_env import ProjectEnv
-from prometheus_client.parser import text_string_to_metric_families
+from helpers.prometheus import MetricKey, scrape
 
 pytestmark = pytest.mark.slow
 # One recorded boot per variant; its tests share the worker that builds (and keeps) that env.
@@ -77,18 +77,6 @@ PLAN: list[tuple[str, dict[str, str], int, str | None, dict[str, str]]] = [
         {"account_id": "acct-b"},
     ),
 ]
-
-MetricKey = tuple[str, frozenset[tuple[str, str]]]
-
-
-def scrape(url: str) -> dict[MetricKey, float]:
-    response = httpx.get(url, timeout=10)
-    assert response.status_code == 200, response.text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 @dataclass

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from helpers.process import ServiceProcess, free_port, service_env
 from helpers.project_env import ProjectEnv
+from helpers.prometheus import MetricKey, scrape
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("env-copier-default")]
 
@@ -117,15 +117,9 @@ class Gunicorn:
             )
         return values
 
-    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    def scrape(self) -> dict[MetricKey, float]:
         # A new connection each time, so that any worker may answer.
-        response = httpx.get(self.metrics_url, headers=CLOSE, timeout=10)
-        assert response.status_code == 200, response.text
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-        }
+        return scrape(self.metrics_url, headers=CLOSE)
 
 
 def value(scrape: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:

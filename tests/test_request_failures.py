@@ -27,7 +27,7 @@ import pytest
 from helpers.otlp_receiver import OtlpReceiver, Span
 from helpers.process import ServiceProcess, Stopped, free_port, service_env
 from helpers.project_env import ProjectEnv
-from prometheus_client.parser import text_string_to_metric_families
+from helpers.prometheus import MetricKey, scrape
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("env-copier-all_features")]
 
@@ -36,7 +36,7 @@ TENANT_IDS = {"account_id": "acct-fail", "session_id": "sess-fail"}
 ROUTE = "/notes/{note_id}"
 
 
-Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Metrics = dict[MetricKey, float]
 
 
 @dataclass
@@ -57,16 +57,6 @@ def hang_up_mid_body(port: int) -> None:
             b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b'Content-Length: 100\r\nX-Account-Id: acct-gone\r\n\r\n{"text": "half'
         )
-
-
-def scrape(url: str) -> Metrics:
-    response = httpx.get(url, timeout=10)
-    assert response.status_code == 200, response.text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 def requests_counted(metrics: Metrics, **labels: str) -> float:

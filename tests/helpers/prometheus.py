@@ -6,6 +6,8 @@
 - `PrometheusServer` starts `prometheus` on 127.0.0.1 (free port, temporary config and data
   directory, 1 s scrape and rule evaluation), waits until it is ready, and wraps the HTTP API
   calls the tests need (instant queries, targets, rules, reload).
+- `scrape(url)` reads a service's `/metrics` (Prometheus text format) into
+  `{(sample name, labels): value}`.
 - `local_stack_config(project, targets)` is a generated project's own local-stack configuration
   (deploy/local/prometheus.yml) with only what the container network decides swapped out.
 """
@@ -18,16 +20,32 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 PROMETHEUS = "prometheus"
 PROMTOOL = "promtool"
+
+
+# A sample on /metrics: its name and its labels.
+MetricKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+def scrape(url: str, headers: Mapping[str, str] | None = None) -> dict[MetricKey, float]:
+    """A service's `/metrics`, one value per sample."""
+    response = httpx.get(url, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 def missing_binaries() -> list[str]:
