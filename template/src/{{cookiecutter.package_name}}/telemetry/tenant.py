@@ -70,14 +70,16 @@ class TenantHeaders:
 
     def accept(self, value: bytes) -> str | None:
         """The id a header value carries, or None if it is not a valid one."""
-        if len(value) <= self.max_length and _ALLOWED.fullmatch(value):
-            return value.decode("ascii")
-        return None
+        return value.decode("ascii") if _is_valid(value, self.max_length) else None
 
 
 def is_tenant_id(value: str, max_length: int) -> bool:
     """Whether a request could carry `value` as a tenant id (for ids given in settings)."""
-    return len(value) <= max_length and _ALLOWED.fullmatch(value.encode()) is not None
+    return _is_valid(value.encode(), max_length)
+
+
+def _is_valid(value: bytes, max_length: int) -> bool:
+    return len(value) <= max_length and _ALLOWED.fullmatch(value) is not None
 
 
 def current_tenant() -> dict[str, str]:
